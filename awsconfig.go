@@ -1,0 +1,70 @@
+package rdsconn
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+)
+
+// awsState loads the AWS config at the first Connect that needs it and
+// remembers the regions it resolved. Failures are not remembered, so a
+// Connect after a transient failure tries again.
+type awsState struct {
+	given   *aws.Config // WithAWSConfig
+	regions *regionFinder
+	log     *slog.Logger
+
+	mu       sync.Mutex
+	cfg      *aws.Config
+	endpoint *regionSource // region for the database endpoint, once found
+}
+
+// config returns the AWS config, loading the default one the first time.
+func (a *awsState) config(ctx context.Context) (aws.Config, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.configLocked(ctx)
+}
+
+func (a *awsState) configLocked(ctx context.Context) (aws.Config, error) {
+	if a.cfg != nil {
+		return *a.cfg, nil
+	}
+	if a.given != nil {
+		a.cfg = a.given
+		return *a.cfg, nil
+	}
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		return aws.Config{}, fmt.Errorf("loading the default AWS config: %w", err)
+	}
+	a.cfg = &cfg
+	return cfg, nil
+}
+
+// forEndpoint returns the AWS config and the region for the database
+// endpoint, resolving and logging the region once.
+func (a *awsState) forEndpoint(ctx context.Context) (aws.Config, string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cfg, err := a.configLocked(ctx)
+	if err != nil {
+		return aws.Config{}, "", err
+	}
+	if a.endpoint == nil {
+		rs, err := a.regions.find(ctx, cfg, "")
+		if err != nil {
+			return aws.Config{}, "", err
+		}
+		a.endpoint = &rs
+		a.log.Info("rdsconn: region found", "region", rs.region, "from", rs.from)
+	}
+	if cfg.Credentials == nil {
+		return aws.Config{}, "", configError("the AWS config has no credentials provider")
+	}
+	return cfg, a.endpoint.region, nil
+}

@@ -1,0 +1,366 @@
+package rdsconn
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// DriverName is the name under which rdsconn registers its database/sql
+// driver, for programs that open databases by driver name and DSN.
+const DriverName = "rdsmysql"
+
+// defaultPort is go-sql-driver's port when an address names none.
+const defaultPort = "3306"
+
+var (
+	_ driver.Connector = (*Connector)(nil)
+	_ io.Closer        = (*Connector)(nil)
+)
+
+// Connector is a database/sql driver.Connector that opens go-sql-driver
+// connections with a password from the configured source: an RDS IAM
+// token, a Secrets Manager secret, a file or a function. Passwords are
+// cached and shared by concurrent Connects; when the server refuses one, it
+// is fetched afresh and the connection is tried once more.
+//
+// A Connector is safe for concurrent use. Make it with New.
+type Connector struct {
+	err    error         // configuration error, returned by every Connect
+	base   *mysql.Config // private copy with TLS and plugins decided
+	direct driver.Connector
+	cache  *cache // nil when the DSN's password is used as is
+	source source
+	log    *slog.Logger
+
+	tlsHost     string // server name auto TLS verifies; "" when auto TLS is off
+	embeddedCAs bool   // auto TLS verifies against the embedded roots
+
+	closed atomic.Bool
+	cancel context.CancelFunc
+}
+
+// New returns a Connector for cfg with the given options. New never fails,
+// so that it fits in sql.OpenDB(rdsconn.New(cfg, ...)): every configuration
+// problem is returned by each Connect (so by db.PingContext), before
+// anything is dialled. New copies cfg; the caller's config and any TLS
+// config in it are never modified.
+//
+// The rds- parameters of a DSN parsed with mysql.ParseDSN (rds-iam,
+// rds-iam-endpoint, rds-secret, rds-password-file, rds-region,
+// rds-auto-tls) are applied before opts and removed from the copy.
+func New(cfg *mysql.Config, opts ...Option) *Connector {
+	s := &settings{sources: map[string]bool{}, now: time.Now, buildToken: buildAuthToken}
+	c := &Connector{}
+	closing, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	if cfg == nil {
+		c.err = configError("New was given a nil *mysql.Config; use mysql.NewConfig or mysql.ParseDSN")
+		return c
+	}
+
+	// Work on a copy: go-sql-driver writes into the TLS config it is given.
+	base := cfg.Clone()
+	dsnOpts, err := takeDSNParams(base)
+	if err != nil {
+		c.err = err
+		return c
+	}
+	for _, opt := range append(dsnOpts, opts...) {
+		opt(s)
+	}
+	c.log = s.logger
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if err := c.configure(base, s, closing); err != nil {
+		c.err = err
+	}
+	return c
+}
+
+// configure checks the settings and prepares the config, the TLS decision
+// and the password source.
+func (c *Connector) configure(base *mysql.Config, s *settings, closing context.Context) error {
+	if len(s.errs) > 0 {
+		return errors.Join(s.errs...)
+	}
+	if len(s.sources) > 1 {
+		names := make([]string, 0, len(s.sources))
+		for _, n := range []string{"WithIAM", "WithSecret", "WithPasswordFile", "WithPasswordFunc"} {
+			if s.sources[n] {
+				names = append(names, n)
+			}
+		}
+		return configError("more than one password source (%s); keep one",
+			strings.Join(names, ", "))
+	}
+
+	// The endpoint whose name decides the region and TLS: the IAM endpoint
+	// when one is given, else the DSN address.
+	endpoint, err := dsnEndpoint(base)
+	if err != nil && (s.iam && s.iamEndpoint == "") {
+		return err
+	}
+	if s.iamEndpoint != "" {
+		if endpoint, err = parseHostPort(s.iamEndpoint); err != nil {
+			return err
+		}
+	}
+	host, _, _ := net.SplitHostPort(endpoint)
+
+	_, isRDS := RegionFromHost(host)
+	if isRDS && !s.noAutoTLS && base.TLS == nil && base.TLSConfig == "" {
+		roots := s.rootCAs
+		c.embeddedCAs = roots == nil
+		if roots == nil {
+			roots = embeddedRoots()
+		}
+		base.TLS = autoTLSConfig(host, roots)
+		c.tlsHost = host
+	} else if s.iamEndpoint != "" && base.TLS != nil && base.TLS.ServerName == "" {
+		// Through a tunnel the certificate carries the RDS name, not the
+		// address dialled.
+		base.TLS.ServerName = host
+	}
+
+	aws := &awsState{
+		given:   s.awsConfig,
+		regions: &regionFinder{option: s.region, endpoint: endpoint},
+		log:     c.log,
+	}
+	switch {
+	case s.iam:
+		if err := requireVerifiedTLS(base, s.noAutoTLS); err != nil {
+			return err
+		}
+		if base.User == "" {
+			return configError("IAM authentication needs the database user in the DSN " +
+				"(user@tcp(host:port)/db) or mysql.Config.User")
+		}
+		base.AllowCleartextPasswords = true
+		c.source = &iamSource{endpoint: endpoint, user: base.User, build: s.buildToken,
+			aws: aws, log: c.log}
+	case s.secretID != "":
+		arnRegion, err := parseSecretID(s.secretID)
+		if err != nil {
+			return err
+		}
+		c.source = &secretSource{id: s.secretID, arnRegion: arnRegion, aws: aws, log: c.log}
+	case s.passwordFile != "":
+		c.source = fileSource{path: s.passwordFile}
+	case s.sources["WithPasswordFile"]:
+		return configError("WithPasswordFile was given an empty path")
+	case s.passwordFunc != nil:
+		c.source = funcSource{fn: s.passwordFunc}
+	}
+
+	// Validate the config once, as go-sql-driver would at every Connect.
+	direct, err := mysql.NewConnector(base)
+	if err != nil {
+		return configError("%v", err)
+	}
+	c.base = base
+	if c.source == nil {
+		c.direct = direct
+		return nil
+	}
+	c.cache = &cache{src: c.source, build: c.connectorFor, now: s.now, log: c.log, closing: closing}
+	return nil
+}
+
+// connectorFor builds the go-sql-driver connector for one credential.
+func (c *Connector) connectorFor(cred credential) (*entry, error) {
+	cfg := c.base.Clone()
+	cfg.Passwd = cred.password
+	if cred.user != "" && cfg.User == "" {
+		cfg.User = cred.user
+	}
+	if cfg.User == "" {
+		return nil, configError("no database user: the DSN names none and the %s has no "+
+			`"username"`, c.source.describe())
+	}
+	conn, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return nil, configError("%v", err)
+	}
+	return &entry{cred: cred, conn: conn}, nil
+}
+
+// Connect opens a connection with a cached password, fetching one when
+// needed. When the server refuses the password, Connect drops it, fetches a
+// new one and tries once more; for a secret during rotation, it also tries
+// the AWSPENDING version once.
+func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	if c.err != nil {
+		return nil, c.err
+	}
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	if c.cache == nil {
+		return c.dial(ctx, c.direct)
+	}
+
+	e, err := c.cache.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := c.dial(ctx, e.conn)
+	if err == nil || !isAccessDenied(err) {
+		return conn, err
+	}
+
+	c.log.Warn("rdsconn: access denied; fetching a new password and retrying once",
+		"source", c.source.describe(), "error", err)
+	c.cache.invalidate(e)
+	fresh, ferr := c.cache.get(ctx)
+	if ferr != nil {
+		return nil, ferr
+	}
+	conn, err = c.dial(ctx, fresh.conn)
+	if err == nil || !isAccessDenied(err) {
+		return conn, err
+	}
+	if conn, done, perr := c.tryPending(ctx, fresh); done {
+		return conn, perr
+	}
+	c.cache.invalidate(fresh)
+	return nil, &AccessDeniedError{Source: c.source.describe(), Hints: c.source.hints(), Err: err}
+}
+
+// tryPending tries the AWSPENDING version of a secret once, after the
+// current version was refused even when fetched afresh. done is false when
+// there is no pending version to try.
+func (c *Connector) tryPending(ctx context.Context, refused *entry) (driver.Conn, bool, error) {
+	src, ok := c.source.(*secretSource)
+	if !ok {
+		return nil, false, nil
+	}
+	cred, ok, err := src.fetchPending(ctx, c.cache.now())
+	if err != nil || !ok || cred.version == refused.cred.version {
+		return nil, false, nil
+	}
+	e, err := c.connectorFor(cred)
+	if err != nil {
+		return nil, true, err
+	}
+	fetched := c.cache.now().UnixNano()
+	e.expires, e.refreshAt = cred.expires.UnixNano(), fetched+(cred.expires.UnixNano()-fetched)*4/5
+	conn, err := c.dial(ctx, e.conn)
+	if err != nil {
+		if !isAccessDenied(err) {
+			return nil, true, err
+		}
+		return nil, false, nil
+	}
+	c.log.Info("rdsconn: the AWSPENDING version of the secret was accepted; rotation in progress",
+		"secret", src.id, "version_id", cred.version)
+	c.cache.replace(e)
+	return conn, true, nil
+}
+
+// dial opens one go-sql-driver connection, explaining an unknown-CA failure.
+func (c *Connector) dial(ctx context.Context, conn driver.Connector) (driver.Conn, error) {
+	dc, err := conn.Connect(ctx)
+	if err != nil && c.embeddedCAs {
+		err = explainUnknownCA(err, c.tlsHost)
+	}
+	return dc, err
+}
+
+// Driver returns the rdsmysql driver.
+func (c *Connector) Driver() driver.Driver { return Driver{} }
+
+// Close stops background refreshes and makes later Connects fail with
+// ErrClosed. database/sql calls it when the *sql.DB is closed. Connections
+// already open are not affected.
+func (c *Connector) Close() error {
+	c.closed.Store(true)
+	c.cancel()
+	return nil
+}
+
+// dsnEndpoint returns the DSN's TCP address as host:port, adding
+// go-sql-driver's default port when none is given.
+func dsnEndpoint(cfg *mysql.Config) (string, error) {
+	if cfg.Net != "" && cfg.Net != "tcp" && cfg.Net != "tcp4" && cfg.Net != "tcp6" {
+		return "", configError("IAM authentication over %q needs the RDS endpoint: "+
+			"use WithIAMEndpoint(\"host:port\") or the rds-iam-endpoint DSN parameter", cfg.Net)
+	}
+	addr := cfg.Addr
+	if addr == "" {
+		addr = "127.0.0.1:" + defaultPort
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		addr = net.JoinHostPort(addr, defaultPort)
+	}
+	return parseHostPort(addr)
+}
+
+// parseHostPort checks an endpoint given as host:port and returns it with
+// the host in canonical form.
+func parseHostPort(hostport string) (string, error) {
+	if strings.Contains(hostport, "://") {
+		return "", configError("the endpoint %q is a URL; give it as host:port, such as "+
+			"db1.abc123.us-east-1.rds.amazonaws.com:3306", hostport)
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil || host == "" {
+		return "", configError("the endpoint %q is not host:port, such as "+
+			"db1.abc123.us-east-1.rds.amazonaws.com:3306", hostport)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", configError("the endpoint %q has an invalid port; give host:port with a "+
+			"port from 1 to 65535", hostport)
+	}
+	return net.JoinHostPort(canonicalHost(host), port), nil
+}
+
+// requireVerifiedTLS refuses IAM without verified TLS: the token is a
+// bearer credential and must never travel in clear text.
+func requireVerifiedTLS(cfg *mysql.Config, noAutoTLS bool) error {
+	switch {
+	case cfg.TLSConfig == "false" || cfg.TLSConfig == "skip-verify" || cfg.TLSConfig == "preferred":
+		return configError("IAM authentication needs verified TLS, but the DSN has tls=%s; "+
+			"remove the tls parameter (auto TLS verifies RDS endpoints) or use tls=true",
+			cfg.TLSConfig)
+	case cfg.AllowFallbackToPlaintext:
+		return configError("IAM authentication needs verified TLS, but the config allows " +
+			"falling back to plain text; unset AllowFallbackToPlaintext")
+	case cfg.TLS != nil && cfg.TLS.InsecureSkipVerify:
+		return configError("IAM authentication needs verified TLS, but the TLS config skips " +
+			"verification; unset InsecureSkipVerify")
+	case cfg.TLS == nil && cfg.TLSConfig == "":
+		why := "the host is not an RDS endpoint name"
+		if noAutoTLS {
+			why = "auto TLS is off"
+		}
+		return configError("IAM authentication needs verified TLS, but none is configured (%s); "+
+			"add tls=true or a registered tls= config to the DSN, or give the RDS endpoint "+
+			"with WithIAMEndpoint", why)
+	}
+	return nil
+}
+
+// String describes the connector without any password, for logs.
+func (c *Connector) String() string {
+	if c.base == nil {
+		return "rdsconn.Connector(invalid)"
+	}
+	src := "DSN password"
+	if c.source != nil {
+		src = c.source.describe()
+	}
+	return fmt.Sprintf("rdsconn.Connector(%s@%s, %s)", c.base.User, c.base.Addr, src)
+}

@@ -1,0 +1,173 @@
+package rdsconn
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/arn"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
+)
+
+// secretTTL is how long a fetched secret is reused. A rotation is noticed
+// sooner than that: the server refuses the old password, and the secret is
+// fetched again at once.
+const secretTTL = time.Hour
+
+// pendingTTL is how long an AWSPENDING password that the server accepted is
+// reused before AWSCURRENT is asked again: a rotation takes moments.
+const pendingTTL = time.Minute
+
+// Version stages that Secrets Manager rotation uses.
+const (
+	stageCurrent = "AWSCURRENT"
+	stagePending = "AWSPENDING"
+)
+
+// secretSource fetches a database password from Secrets Manager.
+type secretSource struct {
+	id        string
+	arnRegion string // region named in the ARN, if id is one
+	aws       *awsState
+	log       *slog.Logger
+
+	mu     sync.Mutex
+	client *secretsmanager.Client
+}
+
+// parseSecretID checks a secret id and returns the region of an ARN.
+func parseSecretID(id string) (region string, err error) {
+	if id == "" {
+		return "", configError("WithSecret was given an empty secret id; give the secret's name or ARN")
+	}
+	if !strings.HasPrefix(id, "arn:") {
+		return "", nil
+	}
+	a, err := arn.Parse(id)
+	if err != nil || a.Service != "secretsmanager" || a.Region == "" ||
+		!strings.HasPrefix(a.Resource, "secret:") || len(a.Resource) == len("secret:") {
+		return "", configError("the secret id %q is not a Secrets Manager secret ARN "+
+			"(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME); give a valid ARN or the "+
+			"secret's name", id)
+	}
+	return a.Region, nil
+}
+
+func (s *secretSource) describe() string { return fmt.Sprintf("Secrets Manager secret %q", s.id) }
+
+func (s *secretSource) fetch(ctx context.Context, now time.Time) (credential, error) {
+	cred, err := s.fetchStage(ctx, stageCurrent)
+	if err != nil {
+		return credential{}, err
+	}
+	cred.expires = now.Add(secretTTL)
+	return cred, nil
+}
+
+// fetchPending returns the AWSPENDING version, or ok false when there is
+// none. Single-user rotation sets the new password on the database before
+// AWSCURRENT moves to it, so this version may be the one the server wants.
+func (s *secretSource) fetchPending(ctx context.Context, now time.Time) (credential, bool, error) {
+	cred, err := s.fetchStage(ctx, stagePending)
+	var notFound *types.ResourceNotFoundException
+	if errors.As(err, &notFound) {
+		return credential{}, false, nil
+	}
+	if err != nil {
+		return credential{}, false, err
+	}
+	// A pending value is only good while the rotation lasts.
+	cred.expires = now.Add(pendingTTL)
+	return cred, true, nil
+}
+
+func (s *secretSource) fetchStage(ctx context.Context, stage string) (credential, error) {
+	client, err := s.clientFor(ctx)
+	if err != nil {
+		return credential{}, err
+	}
+	out, err := client.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{
+		SecretId:     aws.String(s.id),
+		VersionStage: aws.String(stage),
+	})
+	if err != nil {
+		return credential{}, err
+	}
+	if out.SecretString == nil {
+		return credential{}, fmt.Errorf("%w: the secret has no string value (binary secrets "+
+			"are not supported)", ErrSecretFormat)
+	}
+	cred, err := parseSecret(*out.SecretString)
+	if err != nil {
+		return credential{}, err
+	}
+	cred.version = aws.ToString(out.VersionId)
+	s.log.Info("rdsconn: secret fetched", "secret", s.id, "stage", stage,
+		"version_id", cred.version)
+	return cred, nil
+}
+
+// clientFor makes the Secrets Manager client once, in the secret's region.
+func (s *secretSource) clientFor(ctx context.Context) (*secretsmanager.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.client != nil {
+		return s.client, nil
+	}
+	cfg, err := s.aws.config(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := s.aws.regions.find(ctx, cfg, s.arnRegion)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("rdsconn: region found for Secrets Manager", "region", rs.region, "from", rs.from)
+	s.client = secretsmanager.NewFromConfig(cfg, func(o *secretsmanager.Options) {
+		o.Region = rs.region
+	})
+	return s.client, nil
+}
+
+func (s *secretSource) hints() []string {
+	return []string{
+		"a rotation is in progress or failed: the database and AWSCURRENT hold different " +
+			"passwords (check the rotation function's logs)",
+		"the secret names another user or database than the DSN",
+	}
+}
+
+// parseSecret reads the JSON value of an RDS database secret. Errors never
+// quote the value: a JSON syntax error would show a piece of it.
+func parseSecret(value string) (credential, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(value), &fields); err != nil {
+		return credential{}, fmt.Errorf("%w: the secret value is not a JSON object; store it as "+
+			`{"username":"...","password":"..."}`, ErrSecretFormat)
+	}
+	var cred credential
+	if raw, ok := fields["password"]; ok {
+		if json.Unmarshal(raw, &cred.password) != nil {
+			return credential{}, fmt.Errorf(`%w: the secret's "password" is not a string`,
+				ErrSecretFormat)
+		}
+	}
+	if cred.password == "" {
+		return credential{}, fmt.Errorf(`%w: the secret has no non-empty "password" key`,
+			ErrSecretFormat)
+	}
+	if raw, ok := fields["username"]; ok {
+		if json.Unmarshal(raw, &cred.user) != nil {
+			return credential{}, fmt.Errorf(`%w: the secret's "username" is not a string`,
+				ErrSecretFormat)
+		}
+	}
+	return cred, nil
+}
