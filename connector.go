@@ -151,16 +151,17 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 		base.AllowCleartextPasswords = true
 		c.source = &iamSource{endpoint: endpoint, user: base.User, build: s.buildToken,
 			aws: aws, log: c.log}
-	case s.secretID != "":
+	case s.sources["WithSecret"]:
 		arnRegion, err := parseSecretID(s.secretID)
 		if err != nil {
 			return err
 		}
 		c.source = &secretSource{id: s.secretID, arnRegion: arnRegion, aws: aws, log: c.log}
-	case s.passwordFile != "":
-		c.source = fileSource{path: s.passwordFile}
 	case s.sources["WithPasswordFile"]:
-		return configError("WithPasswordFile was given an empty path")
+		if s.passwordFile == "" {
+			return configError("WithPasswordFile was given an empty path")
+		}
+		c.source = fileSource{path: s.passwordFile}
 	case s.passwordFunc != nil:
 		c.source = funcSource{fn: s.passwordFunc}
 	}
