@@ -49,22 +49,31 @@ func (a *awsState) configLocked(ctx context.Context) (aws.Config, error) {
 // forEndpoint returns the AWS config and the region for the database
 // endpoint, resolving and logging the region once.
 func (a *awsState) forEndpoint(ctx context.Context) (aws.Config, string, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	cfg, err := a.configLocked(ctx)
+	cfg, rs, err := a.forEndpointSource(ctx)
 	if err != nil {
 		return aws.Config{}, "", err
-	}
-	if a.endpoint == nil {
-		rs, err := a.regions.find(ctx, cfg, "")
-		if err != nil {
-			return aws.Config{}, "", err
-		}
-		a.endpoint = &rs
-		a.log.Info("rdsconn: region found", "region", rs.region, "from", rs.from)
 	}
 	if cfg.Credentials == nil {
 		return aws.Config{}, "", configError("the AWS config has no credentials provider")
 	}
-	return cfg, a.endpoint.region, nil
+	return cfg, rs.region, nil
+}
+
+// forEndpointSource is forEndpoint that also says where the region came from.
+func (a *awsState) forEndpointSource(ctx context.Context) (aws.Config, regionSource, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cfg, err := a.configLocked(ctx)
+	if err != nil {
+		return aws.Config{}, regionSource{}, err
+	}
+	if a.endpoint == nil {
+		rs, err := a.regions.find(ctx, cfg, "")
+		if err != nil {
+			return aws.Config{}, regionSource{}, err
+		}
+		a.endpoint = &rs
+		a.log.Info("rdsconn: region found", "region", rs.region, "from", rs.from)
+	}
+	return cfg, *a.endpoint, nil
 }

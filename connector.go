@@ -43,8 +43,10 @@ type Connector struct {
 	source source
 	log    *slog.Logger
 
-	tlsHost     string // server name auto TLS verifies; "" when auto TLS is off
-	embeddedCAs bool   // auto TLS verifies against the embedded roots
+	endpoint    string    // host:port for tokens, region and auto TLS
+	aws         *awsState // AWS config and regions, loaded when first needed
+	tlsHost     string    // server name auto TLS verifies; "" when auto TLS is off
+	embeddedCAs bool      // auto TLS verifies against the embedded roots
 
 	closed atomic.Bool
 	cancel context.CancelFunc
@@ -118,6 +120,7 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 		}
 	}
 	host, _, _ := net.SplitHostPort(endpoint)
+	c.endpoint = endpoint
 
 	_, isRDS := RegionFromHost(host)
 	if isRDS && !s.noAutoTLS && base.TLS == nil && base.TLSConfig == "" {
@@ -134,7 +137,7 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 		base.TLS.ServerName = host
 	}
 
-	aws := &awsState{
+	c.aws = &awsState{
 		given:   s.awsConfig,
 		regions: &regionFinder{option: s.region, endpoint: endpoint},
 		log:     c.log,
@@ -150,13 +153,13 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 		}
 		base.AllowCleartextPasswords = true
 		c.source = &iamSource{endpoint: endpoint, user: base.User, build: s.buildToken,
-			aws: aws, log: c.log}
+			aws: c.aws, log: c.log}
 	case s.sources["WithSecret"]:
 		arnRegion, err := parseSecretID(s.secretID)
 		if err != nil {
 			return err
 		}
-		c.source = &secretSource{id: s.secretID, arnRegion: arnRegion, aws: aws, log: c.log}
+		c.source = &secretSource{id: s.secretID, arnRegion: arnRegion, aws: c.aws, log: c.log}
 	case s.sources["WithPasswordFile"]:
 		if s.passwordFile == "" {
 			return configError("WithPasswordFile was given an empty path")

@@ -42,6 +42,8 @@ type credential struct {
 	password string
 	user     string    // user name from a secret; "" keeps the DSN's
 	version  string    // secret version id, for logs and rotation checks
+	stages   []string  // secret version's staging labels
+	keys     []string  // names of the secret's JSON keys
 	expires  time.Time // not to be used from this moment on
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -109,6 +110,7 @@ func (s *secretSource) fetchStage(ctx context.Context, stage string) (credential
 		return credential{}, err
 	}
 	cred.version = aws.ToString(out.VersionId)
+	cred.stages = out.VersionStages
 	s.log.Info("rdsconn: secret fetched", "secret", s.id, "stage", stage,
 		"version_id", cred.version)
 	return cred, nil
@@ -153,6 +155,10 @@ func parseSecret(value string) (credential, error) {
 			`{"username":"...","password":"..."}`, ErrSecretFormat)
 	}
 	var cred credential
+	for k := range fields {
+		cred.keys = append(cred.keys, k)
+	}
+	slices.Sort(cred.keys)
 	if raw, ok := fields["password"]; ok {
 		if json.Unmarshal(raw, &cred.password) != nil {
 			return credential{}, fmt.Errorf(`%w: the secret's "password" is not a string`,
