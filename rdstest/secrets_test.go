@@ -231,7 +231,8 @@ func TestSecretsManagerWithLoadedConfig(t *testing.T) {
 		sm.ARN("db"), "", ""); err != nil {
 		t.Fatal(err)
 	}
-	if r := sm.Stats().Requests[0]; r.Region != "eu-west-1" || r.AccessKeyID != "AKIDFROMENV000000001" {
+	r := sm.Stats().Requests[0]
+	if r.Region != "eu-west-1" || r.AccessKeyID != "AKIDFROMENV000000001" {
 		t.Errorf("request = %+v", r)
 	}
 }
