@@ -129,8 +129,10 @@ func (c *cache) leave(call *fetchCall) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	call.waiters--
-	if call.waiters == 0 && !call.background && c.call == call {
-		c.call = nil
+	if call.waiters == 0 && !call.background {
+		if c.call == call {
+			c.call = nil
+		}
 		call.cancel()
 	}
 }
@@ -221,14 +223,18 @@ func (c *cache) finish(call *fetchCall, e *entry, err error) {
 
 // invalidate drops the cached value e after the server refused it, unless a
 // newer one has already replaced it. Fifty connections refused together thus
-// cause one fetch, not fifty.
+// cause one fetch, not fifty. A fetch already in flight is left to its
+// waiters but not joined by later callers: it may have read the value before
+// a rotation, so the next get starts a fetch that is sure to be newer.
 func (c *cache) invalidate(e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cur.Load() == e {
-		c.cur.Store(nil)
-		c.stale = false
+	if c.cur.Load() != e {
+		return
 	}
+	c.cur.Store(nil)
+	c.stale = false
+	c.call = nil
 }
 
 // replace makes e the current value, as after a successful fetch.

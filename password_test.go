@@ -360,3 +360,45 @@ func TestFileSource(t *testing.T) {
 		t.Fatalf("expires %v, want %v", cred.expires, now.Add(fileTTL))
 	}
 }
+
+// TestCacheDenialSkipsOlderFetch: after a refusal, a fetch that was already
+// in flight (it may have read the value before a rotation) is not joined;
+// a new fetch is made, and only one however many connections were refused.
+func TestCacheDenialSkipsOlderFetch(t *testing.T) {
+	clock := newFakeClock("12:00:00")
+	src := &countingSource{ttl: 10 * time.Minute}
+	c := newTestCache(t, src, clock)
+	first, _ := c.get(context.Background())
+
+	src.gate = make(chan struct{})
+	clock.Set("12:09:00") // refresh-ahead starts a background fetch, held at the gate
+	c.get(context.Background())
+	c.mu.Lock()
+	older := c.call
+	c.mu.Unlock()
+	if older == nil {
+		t.Fatal("no background fetch in flight")
+	}
+
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			c.invalidate(first)
+			if _, err := c.get(context.Background()); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	time.Sleep(20 * time.Millisecond)
+	close(src.gate)
+	wg.Wait()
+	<-older.done
+	if n := src.calls.Load(); n != 3 {
+		t.Fatalf("%d fetches, want the first, the older background one and one new", n)
+	}
+	cur := c.cur.Load()
+	if cur == nil || older.e == nil || cur.cred.password == older.e.cred.password ||
+		cur.cred.password == first.cred.password {
+		t.Fatalf("current value %v, want the one fetched after the refusal", cur)
+	}
+}
