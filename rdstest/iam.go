@@ -280,8 +280,12 @@ func (e *IAMEndpoint) Now() time.Time {
 func (e *IAMEndpoint) now() time.Time { return e.clock().Add(e.offset) }
 
 // FailLogins makes the next n connections fail with f instead of logging
-// in. Faults queue after any already pending.
+// in. Faults queue after any already pending. A fault with neither Number
+// nor Drop sends error 1105 (unknown error).
 func (e *IAMEndpoint) FailLogins(n int, f LoginFault) {
+	if f.Number == 0 && !f.Drop {
+		f.Number = mysql.ER_UNKNOWN_ERROR
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for range n {
@@ -430,7 +434,7 @@ func (s *session) Validate(plugin string) bool {
 
 // Authenticate checks the clear-text password the client sent as an RDS
 // IAM auth token.
-func (s *session) Authenticate(c *server.Conn, plugin string, data []byte) error {
+func (s *session) Authenticate(c *server.Conn, _ string, data []byte) error {
 	s.verdict = true
 	s.user = c.GetUser()
 	password := strings.TrimSuffix(string(data), "\x00")
@@ -442,8 +446,10 @@ func (s *session) Authenticate(c *server.Conn, plugin string, data []byte) error
 		return errDropped
 	}
 
+	// go-mysql has switched the client to the credential's plugin, so
+	// plugin is always mysql_clear_password here.
 	tlsConn, ok := c.Conn.Conn.(*tls.Conn)
-	if !ok || plugin != mysql.AUTH_CLEAR_PASSWORD {
+	if !ok {
 		s.e.count(func(st *IAMStats) {
 			st.Denied[ReasonNoTLS]++
 			if password != "" {
