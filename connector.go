@@ -108,6 +108,11 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 			strings.Join(names, ", "))
 	}
 
+	if s.region != "" && !isRegion(s.region) {
+		return configError("the region %q is not an AWS region name such as us-east-1; "+
+			"fix WithRegion or the rds-region DSN parameter", s.region)
+	}
+
 	// The endpoint whose name decides the region and TLS: the IAM endpoint
 	// when one is given, else the DSN address.
 	endpoint, err := dsnEndpoint(base)

@@ -74,6 +74,10 @@ func TestConfigErrors(t *testing.T) {
 		{"nil root pool", iamDSN, []Option{WithRootCAs(nil)}, "nil pool"},
 		{"unknown rds- parameter", iamDSN + "?rds-iam=true&rds-regoin=us-east-1", nil,
 			"unknown DSN parameter rds-regoin"},
+		{"malformed region", iamDSN, []Option{WithIAM(), WithRegion("us east 1")},
+			"not an AWS region name"},
+		{"rds-region malformed", iamDSN + "?rds-iam=true&rds-region=useast1", nil,
+			"not an AWS region name"},
 		{"rds-iam not a boolean", iamDSN + "?rds-iam=yes", nil, "not a boolean"},
 		{"rds-iam with tls=false", iamDSN + "?rds-iam=true&tls=false", nil, "tls=false"},
 	}
