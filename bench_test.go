@@ -197,11 +197,15 @@ func (c heldHTTPClient) Do(r *http.Request) (*http.Response, error) {
 	return c.HTTPClient.Do(r)
 }
 
-// contender makes a connector the way one kind of user would.
+// makeFunc makes a connector for t the way one kind of user would, watches
+// its TLS config with w and counts its AWS calls in n.
+type makeFunc func(tb testing.TB, t *target, w *tlsWatch, n *calls) driver.Connector
+
+// contender is one way to connect.
 type contender struct {
 	name  string
 	iam   bool // needs a server that checks IAM tokens
-	make_ func(tb testing.TB, t *target, w *tlsWatch, n *calls) driver.Connector
+	make_ makeFunc
 }
 
 var contenders = []contender{
@@ -225,7 +229,7 @@ func contenderNamed(name string) contender {
 }
 
 // makePlain is go-sql-driver with a static password.
-func makePlain(sessionCache bool) func(testing.TB, *target, *tlsWatch, *calls) driver.Connector {
+func makePlain(sessionCache bool) makeFunc {
 	return func(tb testing.TB, t *target, w *tlsWatch, _ *calls) driver.Connector {
 		cfg := t.config()
 		cfg.Passwd = t.password
@@ -241,7 +245,7 @@ func makePlain(sessionCache bool) func(testing.TB, *target, *tlsWatch, *calls) d
 
 // makeRdsconnIAM is rdsconn with WithIAM: auto TLS, or the user's TLS config
 // without a session cache.
-func makeRdsconnIAM(autoTLS bool) func(testing.TB, *target, *tlsWatch, *calls) driver.Connector {
+func makeRdsconnIAM(autoTLS bool) makeFunc {
 	return func(tb testing.TB, t *target, w *tlsWatch, n *calls) driver.Connector {
 		cfg := t.config()
 		if !autoTLS {
@@ -255,7 +259,7 @@ func makeRdsconnIAM(autoTLS bool) func(testing.TB, *target, *tlsWatch, *calls) d
 }
 
 // makeRdsconnSecret is rdsconn with WithSecret.
-func makeRdsconnSecret(autoTLS bool) func(testing.TB, *target, *tlsWatch, *calls) driver.Connector {
+func makeRdsconnSecret(autoTLS bool) makeFunc {
 	return func(tb testing.TB, t *target, w *tlsWatch, n *calls) driver.Connector {
 		cfg := t.config()
 		if !autoTLS {
