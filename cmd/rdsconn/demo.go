@@ -1,0 +1,424 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/rdsconn/rdsconn"
+	"github.com/rdsconn/rdsconn/rdstest"
+)
+
+const (
+	// demoPool is how many connections the IAM part opens at once.
+	demoPool = 8
+	// demoWorkers is how many goroutines query during the rotation.
+	demoWorkers = 8
+	// demoSecretID names the demo's secret.
+	demoSecretID = "demo/shop/app"
+	// demoSecretEndpoint is the RDS name the password-checking server
+	// poses as.
+	demoSecretEndpoint = "db2.abc123.us-east-1.rds.amazonaws.com:3306"
+)
+
+// runDemo runs "rdsconn demo": the library against local stand-ins for RDS
+// and Secrets Manager, telling what happens and checking that every
+// promise is kept.
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, e env) int {
+	fs := newFlagSet("demo", "demo [-v]", stderr)
+	verbose := fs.Bool("v", false, "also print rdsconn's log on stderr (never a secret)")
+	positional, err := parseArgs(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil || len(positional) > 0 {
+		if err == nil {
+			fs.Usage()
+		}
+		return exitUsage
+	}
+
+	var next slog.Handler
+	if *verbose {
+		next = slog.NewTextHandler(stderr, nil)
+	}
+	d := &demo{w: stdout, env: e, start: e.now(), log: newLogRecorder(next)}
+	fmt.Fprintln(stdout, "rdsconn demo: the library against local stand-ins for RDS and "+
+		"Secrets Manager; no AWS account, no network")
+	fmt.Fprintln(stdout)
+	if err := d.run(ctx); err != nil {
+		fmt.Fprintf(stdout, "\ndemo stopped: %v\n", err)
+		return 1
+	}
+	return d.summary()
+}
+
+// demo tells the story and keeps count of the promises checked.
+type demo struct {
+	w     io.Writer
+	env   env
+	start time.Time
+	log   *logRecorder
+
+	kept, broken int
+	iamSummary   string
+	secretSum    string
+}
+
+// say prints one line of the timeline.
+func (d *demo) say(part, format string, args ...any) {
+	elapsed := d.env.now().Sub(d.start).Seconds()
+	fmt.Fprintf(d.w, "%7.3fs  %-7s %s\n", elapsed, part, fmt.Sprintf(format, args...))
+}
+
+// expect checks a promise and prints the outcome under the timeline line.
+func (d *demo) expect(ok bool, format string, args ...any) {
+	mark := "ok  "
+	if ok {
+		d.kept++
+	} else {
+		d.broken++
+		mark = "FAIL"
+	}
+	fmt.Fprintf(d.w, "                  %s %s\n", mark, fmt.Sprintf(format, args...))
+}
+
+func (d *demo) run(ctx context.Context) error {
+	ca, err := rdstest.NewCA("rdsconn demo CA")
+	if err != nil {
+		return err
+	}
+	if err := d.iam(ctx, ca); err != nil {
+		return err
+	}
+	fmt.Fprintln(d.w)
+	return d.rotation(ctx, ca)
+}
+
+// demoCredentials is an AWS credentials provider whose session the demo
+// replaces, as a role's provider does after its sessions are revoked.
+type demoCredentials struct {
+	v atomic.Pointer[aws.Credentials]
+}
+
+func (p *demoCredentials) Retrieve(context.Context) (aws.Credentials, error) {
+	return *p.v.Load(), nil
+}
+
+// iam shows the first connection with a token, the token shared by a pool,
+// and the recovery from revoked credentials.
+func (d *demo) iam(ctx context.Context, ca *rdstest.CA) error {
+	session := func(n int) aws.Credentials {
+		return aws.Credentials{
+			AccessKeyID:     fmt.Sprintf("ASIADEMOSESSION%05d", n),
+			SecretAccessKey: d.env.newSecret(),
+			SessionToken:    d.env.newSecret(),
+			Source:          fmt.Sprintf("demo role, session %d", n),
+			CanExpire:       true,
+			Expires:         d.env.now().Add(time.Hour),
+		}
+	}
+	first, second := session(1), session(2)
+	ep, err := rdstest.NewIAMEndpoint(rdstest.IAMOptions{
+		Users:       []string{"app"},
+		Credentials: []aws.Credentials{first},
+		CA:          ca,
+	})
+	if err != nil {
+		return err
+	}
+	defer ep.Close()
+	d.say("setup", "RDS stand-in %s on %s checks IAM tokens as RDS does (rdstest)",
+		ep.Endpoint(), ep.Addr())
+
+	creds := &demoCredentials{}
+	creds.v.Store(&first)
+	cfg := mysql.NewConfig()
+	cfg.User, cfg.Net, cfg.Addr, cfg.DBName = "app", "tcp", ep.Endpoint(), "shop"
+	cfg.DialFunc = ep.DialContext
+	db := sql.OpenDB(rdsconn.New(cfg,
+		rdsconn.WithIAM(),
+		rdsconn.WithAWSConfig(aws.Config{Credentials: creds}),
+		rdsconn.WithRootCAs(ca.Pool()),
+		rdsconn.WithLogger(slog.New(d.log.handler())),
+	))
+	defer db.Close()
+	// Closed connections are not kept, so each db.Conn below logs in anew.
+	db.SetMaxIdleConns(0)
+
+	// 1. The first connection builds a token.
+	c1, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("first IAM connection: %w", err)
+	}
+	var user, tlsName, tlsVersion string
+	if err := c1.QueryRowContext(ctx, "SELECT CURRENT_USER()").Scan(&user); err != nil {
+		return err
+	}
+	_ = c1.QueryRowContext(ctx, "SHOW STATUS LIKE 'Ssl_version'").Scan(&tlsName, &tlsVersion)
+	d.say("iam", "first connection: logged in as %s over %s with an IAM token", user, tlsVersion)
+	st := ep.Stats()
+	d.expect(st.Accepted == 1 && d.log.count(msgTokenBuilt) == 1,
+		"1 token built, 1 login accepted (got %d, %d)", d.log.count(msgTokenBuilt), st.Accepted)
+
+	// 2. A pool of connections opened at once shares that token.
+	conns, err := openConns(ctx, db, demoPool)
+	if err != nil {
+		return fmt.Errorf("opening %d IAM connections: %w", demoPool, err)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	c1.Close()
+	st = ep.Stats()
+	d.say("iam", "%d more connections at once", demoPool)
+	d.expect(st.Accepted == 1+demoPool && d.log.count(msgTokenBuilt) == 1 &&
+		distinctTokens(st.Tokens) == 1,
+		"%d logins, all with the first token: %d token built (got %d logins, %d tokens)",
+		1+demoPool, 1, st.Accepted, d.log.count(msgTokenBuilt))
+
+	// 3. The credentials that signed the token are revoked.
+	ep.RevokeCredentials(first.AccessKeyID)
+	ep.SetCredentials(second)
+	creds.v.Store(&second)
+	d.say("iam", "the role's session 1 is revoked: RDS stops accepting its tokens; "+
+		"the credentials provider now hands out session 2")
+	c2, err := db.Conn(ctx)
+	if err != nil {
+		d.say("iam", "new connection failed: %v", err)
+		d.expect(false, "the caller sees no error")
+		return nil
+	}
+	err = c2.PingContext(ctx)
+	c2.Close()
+	st = ep.Stats()
+	refused := st.Denied[rdstest.ReasonUnknownKey]
+	d.say("iam", "new connection: the cached token is refused (%s), a new token is built "+
+		"with session 2, and the login succeeds", rdstest.ReasonUnknownKey)
+	d.expect(err == nil && refused == 1 && d.log.count(msgRetried) == 1 &&
+		d.log.count(msgTokenBuilt) == 2,
+		"1 refusal, 1 retry, 2 tokens built, no error for the caller (got %d, %d, %d, %v)",
+		refused, d.log.count(msgRetried), d.log.count(msgTokenBuilt), errText(err))
+
+	d.iamSummary = fmt.Sprintf("%d logins accepted, %d refused, %d tokens built",
+		st.Accepted, st.DeniedTotal(), d.log.count(msgTokenBuilt))
+	return nil
+}
+
+// openConns opens n connections at once and returns them all open.
+func openConns(ctx context.Context, db *sql.DB, n int) ([]*sql.Conn, error) {
+	conns := make([]*sql.Conn, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { conns[i], errs[i] = db.Conn(ctx) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+		return nil, err
+	}
+	return conns, nil
+}
+
+// distinctTokens counts the different tokens the endpoint saw, told apart
+// by their signing time and key.
+func distinctTokens(tokens []rdstest.TokenFacts) int {
+	seen := map[string]bool{}
+	for _, t := range tokens {
+		seen[t.AccessKeyID+t.Date.String()] = true
+	}
+	return len(seen)
+}
+
+// Phases of the rotation, for counting queries.
+const (
+	phaseBefore = iota
+	phaseDuring
+	phaseAfter
+	phases
+)
+
+// rotation shows a single-user secret rotation while workers query, each
+// query on a new connection, with no query failing.
+func (d *demo) rotation(ctx context.Context, ca *rdstest.CA) error {
+	sm := rdstest.NewSecretsManager("us-east-1")
+	defer sm.Close()
+	srv, err := newPasswordServer(ca, demoSecretEndpoint)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	d.say("setup", "MySQL stand-in %s checks passwords", demoSecretEndpoint)
+	d.say("setup", "Secrets Manager stand-in on %s (rdstest)", sm.URL())
+
+	oldPassword := d.env.newSecret()
+	srv.SetPassword("app", oldPassword)
+	sm.PutSecret(demoSecretID, secretJSON("app", oldPassword))
+
+	cfg := mysql.NewConfig()
+	cfg.Net, cfg.Addr, cfg.DBName = "tcp", demoSecretEndpoint, "shop"
+	cfg.DialFunc = srv.DialContext
+	db := sql.OpenDB(rdsconn.New(cfg,
+		rdsconn.WithSecret(demoSecretID),
+		rdsconn.WithAWSConfig(sm.AWSConfig()),
+		rdsconn.WithRootCAs(ca.Pool()),
+		rdsconn.WithLogger(slog.New(d.log.handler())),
+	))
+	defer db.Close()
+	db.SetMaxOpenConns(demoWorkers)
+	db.SetMaxIdleConns(0)
+
+	if err := db.PingContext(ctx); err != nil {
+		return fmt.Errorf("first connection with the secret: %w", err)
+	}
+	d.say("secret", "first connection: user and password from secret %q (AWSCURRENT)",
+		demoSecretID)
+	d.expect(sm.Stats().GetSecretValue == 1, "1 GetSecretValue call (got %d)",
+		sm.Stats().GetSecretValue)
+
+	var (
+		phase   atomic.Int32
+		ok      [phases]atomic.Int64
+		failed  atomic.Int64
+		lastErr atomic.Value
+		stop    = make(chan struct{})
+		wg      sync.WaitGroup
+	)
+	for range demoWorkers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-ctx.Done():
+					return
+				default:
+				}
+				p := phase.Load()
+				var one int
+				if err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+					failed.Add(1)
+					lastErr.Store(err.Error())
+				} else {
+					ok[p].Add(1)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		})
+	}
+	d.say("secret", "%d workers run SELECT 1 in a loop, each query on a new connection",
+		demoWorkers)
+
+	wait := func(dur time.Duration) {
+		select {
+		case <-time.After(dur):
+		case <-ctx.Done():
+		}
+	}
+	wait(250 * time.Millisecond)
+	newPassword := d.env.newSecret()
+	pending, err := sm.PutPending(demoSecretID, secretJSON("app", newPassword))
+	if err != nil {
+		close(stop)
+		wg.Wait()
+		return err
+	}
+	phase.Store(phaseDuring)
+	d.say("secret", "rotation, createSecret: a new password is stored as AWSPENDING "+
+		"(version %s)", pending)
+	wait(100 * time.Millisecond)
+	srv.SetPassword("app", newPassword)
+	d.say("secret", "rotation, setSecret: the database now accepts only the new password")
+	wait(300 * time.Millisecond)
+	if err := sm.Promote(demoSecretID, pending); err != nil {
+		close(stop)
+		wg.Wait()
+		return err
+	}
+	phase.Store(phaseAfter)
+	d.say("secret", "rotation, finishSecret: AWSCURRENT moves to version %s", pending)
+	wait(250 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	_, denied := srv.Stats()
+	sms := sm.Stats()
+	total := ok[phaseBefore].Load() + ok[phaseDuring].Load() + ok[phaseAfter].Load()
+	d.say("secret", "workers stopped: %d queries (%d before, %d during, %d after the "+
+		"rotation), %d failed", total, ok[phaseBefore].Load(), ok[phaseDuring].Load(),
+		ok[phaseAfter].Load(), failed.Load())
+	last, _ := lastErr.Load().(string)
+	d.expect(failed.Load() == 0, "no query failed (got %d failed%s)", failed.Load(),
+		suffix(": last error: ", last))
+	d.expect(ok[phaseBefore].Load() > 0 && ok[phaseDuring].Load() > 0 &&
+		ok[phaseAfter].Load() > 0, "queries succeeded before, during and after the rotation")
+	d.expect(denied > 0 && d.log.count(msgPendingWorked) > 0,
+		"the old password was refused %d times, and rdsconn took over with AWSPENDING "+
+			"(%d times)", denied, d.log.count(msgPendingWorked))
+	d.expect(sms.GetSecretValue <= 2+3*demoWorkers,
+		"GetSecretValue calls stay bounded: %d (AWSCURRENT %d, AWSPENDING %d), at most %d",
+		sms.GetSecretValue, sms.ByStage[rdstest.StageCurrent], sms.ByStage[rdstest.StagePending],
+		2+3*demoWorkers)
+
+	d.secretSum = fmt.Sprintf("%d queries by %d workers, %d failed; %d logins refused with "+
+		"the old password; %d GetSecretValue calls", total, demoWorkers, failed.Load(), denied,
+		sms.GetSecretValue)
+	return nil
+}
+
+// summary prints the counts and the verdict and returns the exit status.
+func (d *demo) summary() int {
+	fmt.Fprintln(d.w)
+	fmt.Fprintln(d.w, "summary")
+	fmt.Fprintf(d.w, "  IAM:      %s\n", d.iamSummary)
+	fmt.Fprintf(d.w, "  secret:   %s\n", d.secretSum)
+	fmt.Fprintf(d.w, "  promises: %d kept, %d broken (%.1fs)\n", d.kept, d.broken,
+		d.env.now().Sub(d.start).Seconds())
+	if d.broken > 0 {
+		return 1
+	}
+	return 0
+}
+
+// secretJSON is a secret value in the form RDS writes.
+func secretJSON(user, password string) string {
+	b, _ := json.Marshal(map[string]any{
+		"engine": "mysql", "host": strings.Split(demoSecretEndpoint, ":")[0], "port": 3306,
+		"username": user, "password": password,
+	})
+	return string(b)
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "none"
+	}
+	return err.Error()
+}
+
+func suffix(sep, s string) string {
+	if s == "" {
+		return ""
+	}
+	return sep + s
+}
