@@ -446,7 +446,7 @@ rotating:
 		t.Errorf("%d of %d queries failed; first: %v", failures.Load(), queries.Load(),
 			firstErrs)
 	}
-	if minimum := int(duration/every) - 1; rotations < minimum {
+	if minimum := max(int(duration/every)-2, 1); rotations < minimum {
 		t.Errorf("%d rotations, want at least %d", rotations, minimum)
 	}
 	if stats.MaxLifetimeClosed == 0 || int(f.dials.Load()) < 2*rotations {
@@ -465,4 +465,78 @@ rotating:
 		}
 		t.Error(msg)
 	}
+}
+
+// failingCreds is a credentials provider whose first Retrieve waits a
+// little, so that callers pile up, and fails.
+type failingCreds struct {
+	calls atomic.Int32
+	next  aws.CredentialsProvider
+}
+
+var errNoCredentials = errors.New("test: no credentials from the provider")
+
+func (p *failingCreds) Retrieve(ctx context.Context) (aws.Credentials, error) {
+	if p.calls.Add(1) == 1 {
+		time.Sleep(200 * time.Millisecond)
+		return aws.Credentials{}, errNoCredentials
+	}
+	return p.next.Retrieve(ctx)
+}
+
+// TestScenarioIAMColdBurstFailure covers K18's failure half for IAM: when
+// the one token build that fifty cold Connects share fails, all fifty get
+// the error, the endpoint sees nothing, and the next Connect builds again.
+func TestScenarioIAMColdBurstFailure(t *testing.T) {
+	f := newIAMFixture(t)
+	creds := &failingCreds{next: f.creds}
+	cfg, err := ParseDSN("app@tcp(" + f.ep.Endpoint() + ")/shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DialFunc = f.ep.DialContext
+	c := New(cfg, WithIAM(), WithRootCAs(f.ep.CA().Pool()),
+		WithAWSConfig(aws.Config{Credentials: creds}))
+	t.Cleanup(func() { c.Close() })
+
+	const n = 50
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for range n {
+		wg.Go(func() {
+			<-start
+			conn, err := c.Connect(context.Background())
+			if err == nil {
+				conn.Close()
+				return
+			}
+			var fe *FetchError
+			if errors.As(err, &fe) && errors.Is(err, errNoCredentials) {
+				failed.Add(1)
+			} else {
+				t.Errorf("err = %v; want a FetchError wrapping the provider's", err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	st := f.ep.Stats()
+	if failed.Load() != n || creds.calls.Load() != 1 || c.cache.cur.Load() != nil ||
+		len(st.Tokens) != 0 || st.Aborted != 0 {
+		t.Fatalf("%d of %d failed after %d credential lookups, cached %v, endpoint %+v; "+
+			"want all failed after one, nothing cached, nothing sent", failed.Load(), n,
+			creds.calls.Load(), c.cache.cur.Load() != nil, st)
+	}
+	conn, err := c.Connect(context.Background())
+	if err != nil {
+		t.Fatalf("next Connect: %v", err)
+	}
+	conn.Close()
+	if creds.calls.Load() != 2 || f.ep.Stats().Accepted != 1 {
+		t.Fatalf("next Connect: %d credential lookups, %d accepted; want 2, 1",
+			creds.calls.Load(), f.ep.Stats().Accepted)
+	}
+	t.Logf("SUMMARY scenario=K18-cold-burst-iam-failure goroutines=%d failed=%d "+
+		"credential_lookups=%d then_accepted=1", n, failed.Load(), creds.calls.Load())
 }
