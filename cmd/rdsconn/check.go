@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -166,8 +167,15 @@ func (ck *checker) checkEndpoint(dsn string) bool {
 	if ck.kind != "" {
 		what = "an RDS " + ck.kind + " endpoint"
 	}
-	s.Summary = fmt.Sprintf("%s, %s; user %q; password from %s", ck.in.endpoint, what,
-		cfg.User, ck.describeSource())
+	user := fmt.Sprintf("user %q", cfg.User)
+	switch {
+	case cfg.User == "" && ck.in.source == sourceSecret:
+		user = "user from the secret"
+	case cfg.User == "":
+		user = "no user"
+	}
+	s.Summary = fmt.Sprintf("%s, %s; %s; password from %s", ck.in.endpoint, what, user,
+		ck.describeSource())
 	if cfg.Addr != ck.in.endpoint {
 		s.Summary += "; dialled at " + cfg.Addr
 	}
@@ -356,7 +364,7 @@ func (ck *checker) checkCredentials(ctx context.Context) bool {
 	s.Summary += fmt.Sprintf("; account %s, %s", ck.account, ck.identity)
 	if ck.haveSkew {
 		s.Facts["clock_skew"] = ck.skew.String()
-		if abs(ck.skew) >= skewLimit {
+		if abs(ck.skew) >= skewLimit && ck.in.source == sourceIAM {
 			s.Status = statusWarn
 			s.Notes = append(s.Notes, fmt.Sprintf("this host's clock is %s %s AWS's (from the "+
 				"STS answer's Date): RDS refuses IAM tokens dated more than 5 minutes ahead or "+
@@ -384,8 +392,9 @@ func (ck *checker) callerIdentity(ctx context.Context, cfg aws.Config) error {
 	server, ok1 := awsmiddleware.GetServerTime(out.ResultMetadata)
 	local, ok2 := awsmiddleware.GetResponseAt(out.ResultMetadata)
 	if ok1 && ok2 {
-		// The Date header has whole seconds: ignore less than that.
-		ck.skew, ck.haveSkew = local.Sub(server).Truncate(time.Second), true
+		// The Date header drops the fraction of a second: take the middle.
+		server = server.Add(time.Second / 2)
+		ck.skew, ck.haveSkew = local.Sub(server).Round(time.Second), true
 	}
 	return nil
 }
@@ -480,6 +489,14 @@ func (ck *checker) checkConnection(ctx context.Context) bool {
 	took := ck.env.now().Sub(start)
 	if err != nil {
 		s.Summary = "the connection failed"
+		var me *mysql.MySQLError
+		var ve *tls.CertificateVerificationError
+		switch {
+		case errors.As(err, &me):
+			s.Summary = fmt.Sprintf("the server refused the login (error %d)", me.Number)
+		case errors.As(err, &ve):
+			s.Summary = "the server's certificate did not verify"
+		}
 		return ck.fail(s, err, ck.diagnoseConnect(err))
 	}
 	defer conn.Close()

@@ -226,7 +226,7 @@ func (ck *checker) diagnoseAWSError(ae smithy.APIError) diagnosis {
 // diagnoseConnect explains a failed connection.
 func (ck *checker) diagnoseConnect(err error) diagnosis {
 	var (
-		hostErr *x509.HostnameError
+		hostErr x509.HostnameError
 		caErr   x509.UnknownAuthorityError
 		certErr x509.CertificateInvalidError
 		me      *mysql.MySQLError
@@ -293,7 +293,7 @@ func diagnoseServerError(me *mysql.MySQLError) diagnosis {
 	return d
 }
 
-func (ck *checker) diagnoseHostname(h *x509.HostnameError) diagnosis {
+func (ck *checker) diagnoseHostname(h x509.HostnameError) diagnosis {
 	rdsName := ""
 	for _, n := range h.Certificate.DNSNames {
 		if _, ok := rdsconn.RegionFromHost(n); ok && !strings.HasPrefix(n, "*.") {

@@ -56,6 +56,9 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer, e en
 	if err == nil && awsCfg.Credentials == nil {
 		err = errors.New("the AWS config has no credentials provider")
 	}
+	if err == nil {
+		_, err = awsCfg.Credentials.Retrieve(ctx)
+	}
 	if err != nil {
 		return fail(stepCredentials, err)
 	}
