@@ -247,16 +247,96 @@ func distinctTokens(tokens []rdstest.TokenFacts) int {
 	return len(seen)
 }
 
-// Phases of the rotation, for counting queries.
+// Phases of the rotation, by which queries are counted.
 const (
-	phaseBefore = iota
-	phaseDuring
-	phaseAfter
+	phaseBefore   = iota // before the rotation
+	phasePending         // AWSPENDING holds the new password
+	phaseSwitched        // the database takes only the new password
+	phaseAfter           // AWSCURRENT holds the new password
 	phases
 )
 
-// rotation shows a single-user secret rotation while workers query, each
-// query on a new connection, with no query failing.
+// queryLoad runs SELECT 1 in a loop on demoWorkers goroutines and counts
+// the outcomes by the phase in which each query started.
+type queryLoad struct {
+	phase   atomic.Int32
+	ok      [phases][demoWorkers]atomic.Int64
+	failed  atomic.Int64
+	lastErr atomic.Value
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// start starts the workers. Each query opens a new connection, since db
+// keeps no idle ones.
+func (l *queryLoad) start(ctx context.Context, db *sql.DB) {
+	l.stop = make(chan struct{})
+	for w := range demoWorkers {
+		l.wg.Go(func() {
+			for {
+				select {
+				case <-l.stop:
+					return
+				case <-ctx.Done():
+					return
+				default:
+				}
+				p := l.phase.Load()
+				var one int
+				if err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+					l.failed.Add(1)
+					l.lastErr.Store(err.Error())
+				} else {
+					l.ok[p][w].Add(1)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// halt stops the workers and waits for them.
+func (l *queryLoad) halt() {
+	close(l.stop)
+	l.wg.Wait()
+}
+
+// succeeded returns how many queries started in phase p succeeded.
+func (l *queryLoad) succeeded(p int) int64 {
+	var n int64
+	for w := range demoWorkers {
+		n += l.ok[p][w].Load()
+	}
+	return n
+}
+
+// everyWorker reports whether every worker has had a query that started in
+// phase p succeed.
+func (l *queryLoad) everyWorker(p int) bool {
+	for w := range demoWorkers {
+		if l.ok[p][w].Load() == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// waitUntil waits at least least, then until cond holds, for at most most.
+func waitUntil(ctx context.Context, least, most time.Duration, cond func() bool) {
+	deadline := time.Now().Add(most)
+	select {
+	case <-time.After(least):
+	case <-ctx.Done():
+		return
+	}
+	for !cond() && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// rotation shows a single-user secret rotation, played as Secrets
+// Manager's rotation function does it, while workers query, each query on
+// a new connection, with no query failing.
 func (d *demo) rotation(ctx context.Context, ca *rdstest.CA) error {
 	sm := rdstest.NewSecretsManager("us-east-1")
 	defer sm.Close()
@@ -293,85 +373,57 @@ func (d *demo) rotation(ctx context.Context, ca *rdstest.CA) error {
 	d.expect(sm.Stats().GetSecretValue == 1, "1 GetSecretValue call (got %d)",
 		sm.Stats().GetSecretValue)
 
-	var (
-		phase   atomic.Int32
-		ok      [phases]atomic.Int64
-		failed  atomic.Int64
-		lastErr atomic.Value
-		stop    = make(chan struct{})
-		wg      sync.WaitGroup
-	)
-	for range demoWorkers {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				case <-ctx.Done():
-					return
-				default:
-				}
-				p := phase.Load()
-				var one int
-				if err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
-					failed.Add(1)
-					lastErr.Store(err.Error())
-				} else {
-					ok[p].Add(1)
-				}
-				time.Sleep(2 * time.Millisecond)
-			}
-		})
-	}
+	var load queryLoad
+	load.start(ctx, db)
 	d.say("secret", "%d workers run SELECT 1 in a loop, each query on a new connection",
 		demoWorkers)
+	waitUntil(ctx, 200*time.Millisecond, 10*time.Second,
+		func() bool { return load.everyWorker(phaseBefore) })
 
-	wait := func(dur time.Duration) {
-		select {
-		case <-time.After(dur):
-		case <-ctx.Done():
-		}
-	}
-	wait(250 * time.Millisecond)
 	newPassword := d.env.newSecret()
 	pending, err := sm.PutPending(demoSecretID, secretJSON("app", newPassword))
 	if err != nil {
-		close(stop)
-		wg.Wait()
+		load.halt()
 		return err
 	}
-	phase.Store(phaseDuring)
+	load.phase.Store(phasePending)
 	d.say("secret", "rotation, createSecret: a new password is stored as AWSPENDING "+
 		"(version %s)", pending)
-	wait(100 * time.Millisecond)
+	waitUntil(ctx, 100*time.Millisecond, 0, func() bool { return true })
+
 	srv.SetPassword("app", newPassword)
+	load.phase.Store(phaseSwitched)
 	d.say("secret", "rotation, setSecret: the database now accepts only the new password")
-	wait(300 * time.Millisecond)
+	// The rotation function tests the new password before it finishes;
+	// here every worker gets in with it first.
+	waitUntil(ctx, 300*time.Millisecond, 10*time.Second,
+		func() bool { return load.everyWorker(phaseSwitched) })
+
 	if err := sm.Promote(demoSecretID, pending); err != nil {
-		close(stop)
-		wg.Wait()
+		load.halt()
 		return err
 	}
-	phase.Store(phaseAfter)
+	load.phase.Store(phaseAfter)
 	d.say("secret", "rotation, finishSecret: AWSCURRENT moves to version %s", pending)
-	wait(250 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	waitUntil(ctx, 200*time.Millisecond, 10*time.Second,
+		func() bool { return load.everyWorker(phaseAfter) })
+	load.halt()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 
 	_, denied := srv.Stats()
 	sms := sm.Stats()
-	total := ok[phaseBefore].Load() + ok[phaseDuring].Load() + ok[phaseAfter].Load()
+	before, after := load.succeeded(phaseBefore), load.succeeded(phaseAfter)
+	during := load.succeeded(phasePending) + load.succeeded(phaseSwitched)
+	failed := load.failed.Load()
 	d.say("secret", "workers stopped: %d queries (%d before, %d during, %d after the "+
-		"rotation), %d failed", total, ok[phaseBefore].Load(), ok[phaseDuring].Load(),
-		ok[phaseAfter].Load(), failed.Load())
-	last, _ := lastErr.Load().(string)
-	d.expect(failed.Load() == 0, "no query failed (got %d failed%s)", failed.Load(),
+		"rotation), %d failed", before+during+after+failed, before, during, after, failed)
+	last, _ := load.lastErr.Load().(string)
+	d.expect(failed == 0, "no query failed (got %d failed%s)", failed,
 		suffix(": last error: ", last))
-	d.expect(ok[phaseBefore].Load() > 0 && ok[phaseDuring].Load() > 0 &&
-		ok[phaseAfter].Load() > 0, "queries succeeded before, during and after the rotation")
+	d.expect(before > 0 && load.succeeded(phaseSwitched) > 0 && after > 0,
+		"queries succeeded before, during and after the rotation")
 	d.expect(denied > 0 && d.log.count(msgPendingWorked) > 0,
 		"the old password was refused %d times, and rdsconn took over with AWSPENDING "+
 			"(%d times)", denied, d.log.count(msgPendingWorked))
@@ -381,8 +433,8 @@ func (d *demo) rotation(ctx context.Context, ca *rdstest.CA) error {
 		2+3*demoWorkers)
 
 	d.secretSum = fmt.Sprintf("%d queries by %d workers, %d failed; %d logins refused with "+
-		"the old password; %d GetSecretValue calls", total, demoWorkers, failed.Load(), denied,
-		sms.GetSecretValue)
+		"the old password; %d GetSecretValue calls", before+during+after+failed, demoWorkers,
+		failed, denied, sms.GetSecretValue)
 	return nil
 }
 
