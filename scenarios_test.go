@@ -6,6 +6,7 @@ package rdsconn
 // Each prints a "SUMMARY scenario=..." line in verbose runs.
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"database/sql"
@@ -371,10 +372,10 @@ func runRotationLoad(t *testing.T, strategy string, duration time.Duration) {
 	db.SetConnMaxLifetime(lifetime)
 
 	var stop atomic.Bool
-	var queries, failures atomic.Int64
+	var queries, failures, denied atomic.Int64
 	var mu sync.Mutex
 	byUser := map[string]int{}
-	var firstErrs []error
+	var firstErr error
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
@@ -382,13 +383,15 @@ func runRotationLoad(t *testing.T, strategy string, duration time.Duration) {
 				user, err := whoami(db)
 				queries.Add(1)
 				mu.Lock()
-				if err != nil {
-					failures.Add(1)
-					if len(firstErrs) < 5 {
-						firstErrs = append(firstErrs, err)
-					}
-				} else {
+				var ade *AccessDeniedError
+				switch {
+				case err == nil:
 					byUser[user]++
+				case errors.As(err, &ade):
+					denied.Add(1)
+				default:
+					failures.Add(1)
+					firstErr = cmp.Or(firstErr, err)
 				}
 				mu.Unlock()
 			}
@@ -438,13 +441,13 @@ rotating:
 	t.Logf("SUMMARY scenario=rotation-under-load strategy=%s seconds=%.0f workers=%d "+
 		"rotations=%d queries=%d worker_errors=%d connections=%d getsecretvalue=%d "+
 		"current=%d pending=%d per_rotation=%.2f access_denied_retries=%d users_seen=%d",
-		strategy, duration.Seconds(), workers, rotations, queries.Load(), failures.Load(),
-		f.dials.Load(), st.GetSecretValue, st.ByStage["AWSCURRENT"], st.ByStage["AWSPENDING"],
+		strategy, duration.Seconds(), workers, rotations, queries.Load(),
+		failures.Load()+denied.Load(), f.dials.Load(), st.GetSecretValue,
+		st.ByStage["AWSCURRENT"], st.ByStage["AWSPENDING"],
 		float64(st.GetSecretValue-1)/float64(max(rotations, 1)), f.logs.retries(), len(byUser))
 
 	if failures.Load() != 0 {
-		t.Errorf("%d of %d queries failed; first: %v", failures.Load(), queries.Load(),
-			firstErrs)
+		t.Errorf("%d of %d queries failed; first: %v", failures.Load(), queries.Load(), firstErr)
 	}
 	if minimum := max(int(duration/every)-2, 1); rotations < minimum {
 		t.Errorf("%d rotations, want at least %d", rotations, minimum)
@@ -455,15 +458,28 @@ rotating:
 	}
 	f.logs.checkNoLeak(t, passwords...)
 
-	// Last, as it may skip: at most the first fetch and two per rotation.
+	// Last, as they may skip while a core bug is open (see the blocked
+	// constants in mariadb_test.go): no access denied reaches a worker, and
+	// at most the first fetch and two calls per rotation.
+	singleUser := strategy == "single-user"
+	var blocked []string
+	if n := denied.Load(); n != 0 {
+		msg := fmt.Sprintf("%d of %d queries failed with access denied", n, queries.Load())
+		if !singleUser || !blockedOnPendingAfterPromote {
+			t.Error(msg)
+		}
+		blocked = append(blocked, msg+" (TestMariaDBSecretRotationFinishesMidConnect)")
+	}
 	if limit := 1 + 2*rotations; st.GetSecretValue > limit {
 		msg := fmt.Sprintf("%d GetSecretValue calls for %d rotations, want at most %d",
 			st.GetSecretValue, rotations, limit)
-		if strategy == "single-user" && blockedOnPendingSingleFlight {
-			t.Skip("blocked on core bug (see TestMariaDBSecretRotationConcurrentRefusals): " +
-				msg)
+		if !singleUser || !blockedOnPendingSingleFlight {
+			t.Error(msg)
 		}
-		t.Error(msg)
+		blocked = append(blocked, msg+" (TestMariaDBSecretRotationConcurrentRefusals)")
+	}
+	if len(blocked) > 0 && !t.Failed() {
+		t.Skip("blocked on core bugs: " + strings.Join(blocked, "; "))
 	}
 }
 
