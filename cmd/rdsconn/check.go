@@ -174,7 +174,7 @@ func (ck *checker) checkEndpoint(dsn string) bool {
 	case cfg.User == "":
 		user = "no user"
 	}
-	s.Summary = fmt.Sprintf("%s, %s; %s; password from %s", ck.in.endpoint, what, user,
+	s.Summary = fmt.Sprintf("%s, %s; %s; password: %s", ck.in.endpoint, what, user,
 		ck.describeSource())
 	if cfg.Addr != ck.in.endpoint {
 		s.Summary += "; dialled at " + cfg.Addr
@@ -239,6 +239,9 @@ func (ck *checker) checkRegion(ctx context.Context) bool {
 			s.Summary = "no AWS region found"
 			return ck.fail(s, err, diagnoseRegion(err))
 		}
+		if from == "WithRegion" {
+			from = "-region or rds-region (WithRegion)"
+		}
 		ck.region, ck.regionFrom = region, from
 	}
 	s.Facts = map[string]any{"region": ck.region, "from": ck.regionFrom}
@@ -279,7 +282,7 @@ func (ck *checker) checkTLS(context.Context) bool {
 	case ck.in.tlsParam == "true":
 		roots, why = "the system roots", "the DSN's tls=true"
 	case ck.in.tlsParam == "skip-verify" || ck.in.tlsParam == "preferred":
-		roots, why = "none: the certificate is not verified", "the DSN's tls="+ck.in.tlsParam
+		roots, why = "none", "the DSN's tls="+ck.in.tlsParam
 		s.Status = statusWarn
 		s.Notes = append(s.Notes, "anyone on the path can pose as the server; remove the "+
 			"tls parameter to verify RDS names against the embedded roots")
@@ -299,8 +302,8 @@ func (ck *checker) checkTLS(context.Context) bool {
 	}
 	s.Summary = fmt.Sprintf("on (%s), server name %s, verified against %s", why,
 		p.ServerName, roots)
-	if p.ServerName == "" {
-		s.Summary = fmt.Sprintf("on (%s), %s", why, roots)
+	if roots == "none" {
+		s.Summary = fmt.Sprintf("on (%s), but the certificate is not verified", why)
 	}
 	return ck.done(s)
 }

@@ -44,7 +44,7 @@ func TestCheckPasses(t *testing.T) {
 				return []string{iamDSN + "?rds-iam=true&rds-region=us-east-1", "-ca-bundle",
 					f.caFile}
 			},
-			want: []string{"us-east-1, from WithRegion", "IAM token built"},
+			want: []string{"us-east-1, from -region or rds-region", "IAM token built"},
 		},
 		{
 			name: "IAM through a CNAME fixed with -iam-endpoint",

@@ -83,16 +83,16 @@ func (d *demo) say(part, format string, args ...any) {
 	fmt.Fprintf(d.w, "%7.3fs  %-7s %s\n", elapsed, part, fmt.Sprintf(format, args...))
 }
 
-// expect checks a promise and prints the outcome under the timeline line.
-func (d *demo) expect(ok bool, format string, args ...any) {
-	mark := "ok  "
+// expect checks a promise and prints it under the timeline line, with
+// what happened instead when it was broken.
+func (d *demo) expect(ok bool, promise, got string) {
 	if ok {
 		d.kept++
-	} else {
-		d.broken++
-		mark = "FAIL"
+		fmt.Fprintf(d.w, "                  ok   %s\n", promise)
+		return
 	}
-	fmt.Fprintf(d.w, "                  %s %s\n", mark, fmt.Sprintf(format, args...))
+	d.broken++
+	fmt.Fprintf(d.w, "                  FAIL %s; got %s\n", promise, got)
 }
 
 func (d *demo) run(ctx context.Context) error {
@@ -171,7 +171,8 @@ func (d *demo) iam(ctx context.Context, ca *rdstest.CA) error {
 	d.say("iam", "first connection: logged in as %s over %s with an IAM token", user, tlsVersion)
 	st := ep.Stats()
 	d.expect(st.Accepted == 1 && d.log.count(msgTokenBuilt) == 1,
-		"1 token built, 1 login accepted (got %d, %d)", d.log.count(msgTokenBuilt), st.Accepted)
+		"1 token built, 1 login accepted", fmt.Sprintf("%d tokens, %d logins",
+			d.log.count(msgTokenBuilt), st.Accepted))
 
 	// 2. A pool of connections opened at once shares that token.
 	conns, err := openConns(ctx, db, demoPool)
@@ -186,8 +187,9 @@ func (d *demo) iam(ctx context.Context, ca *rdstest.CA) error {
 	d.say("iam", "%d more connections at once", demoPool)
 	d.expect(st.Accepted == 1+demoPool && d.log.count(msgTokenBuilt) == 1 &&
 		distinctTokens(st.Tokens) == 1,
-		"%d logins, all with the first token: %d token built (got %d logins, %d tokens)",
-		1+demoPool, 1, st.Accepted, d.log.count(msgTokenBuilt))
+		fmt.Sprintf("%d logins, all with the first token; still 1 token built", 1+demoPool),
+		fmt.Sprintf("%d logins, %d tokens built, %d seen", st.Accepted,
+			d.log.count(msgTokenBuilt), distinctTokens(st.Tokens)))
 
 	// 3. The credentials that signed the token are revoked.
 	ep.RevokeCredentials(first.AccessKeyID)
@@ -198,7 +200,7 @@ func (d *demo) iam(ctx context.Context, ca *rdstest.CA) error {
 	c2, err := db.Conn(ctx)
 	if err != nil {
 		d.say("iam", "new connection failed: %v", err)
-		d.expect(false, "the caller sees no error")
+		d.expect(false, "the caller sees no error", err.Error())
 		return nil
 	}
 	err = c2.PingContext(ctx)
@@ -209,8 +211,9 @@ func (d *demo) iam(ctx context.Context, ca *rdstest.CA) error {
 		"with session 2, and the login succeeds", rdstest.ReasonUnknownKey)
 	d.expect(err == nil && refused == 1 && d.log.count(msgRetried) == 1 &&
 		d.log.count(msgTokenBuilt) == 2,
-		"1 refusal, 1 retry, 2 tokens built, no error for the caller (got %d, %d, %d, %v)",
-		refused, d.log.count(msgRetried), d.log.count(msgTokenBuilt), errText(err))
+		"1 refusal, 1 retry, 2 tokens built, no error for the caller",
+		fmt.Sprintf("%d refusals, %d retries, %d tokens, error %s", refused,
+			d.log.count(msgRetried), d.log.count(msgTokenBuilt), errText(err)))
 
 	d.iamSummary = fmt.Sprintf("%d logins accepted, %d refused, %d tokens built",
 		st.Accepted, st.DeniedTotal(), d.log.count(msgTokenBuilt))
@@ -370,8 +373,8 @@ func (d *demo) rotation(ctx context.Context, ca *rdstest.CA) error {
 	}
 	d.say("secret", "first connection: user and password from secret %q (AWSCURRENT)",
 		demoSecretID)
-	d.expect(sm.Stats().GetSecretValue == 1, "1 GetSecretValue call (got %d)",
-		sm.Stats().GetSecretValue)
+	d.expect(sm.Stats().GetSecretValue == 1, "1 GetSecretValue call",
+		fmt.Sprint(sm.Stats().GetSecretValue))
 
 	var load queryLoad
 	load.start(ctx, db)
@@ -420,17 +423,21 @@ func (d *demo) rotation(ctx context.Context, ca *rdstest.CA) error {
 	d.say("secret", "workers stopped: %d queries (%d before, %d during, %d after the "+
 		"rotation), %d failed", before+during+after+failed, before, during, after, failed)
 	last, _ := load.lastErr.Load().(string)
-	d.expect(failed == 0, "no query failed (got %d failed%s)", failed,
-		suffix(": last error: ", last))
+	d.expect(failed == 0, "no query failed",
+		fmt.Sprintf("%d failed, the last with: %s", failed, last))
 	d.expect(before > 0 && load.succeeded(phaseSwitched) > 0 && after > 0,
-		"queries succeeded before, during and after the rotation")
-	d.expect(denied > 0 && d.log.count(msgPendingWorked) > 0,
-		"the old password was refused %d times, and rdsconn took over with AWSPENDING "+
-			"(%d times)", denied, d.log.count(msgPendingWorked))
+		"queries succeeded before, during and after the rotation",
+		fmt.Sprintf("%d, %d, %d", before, load.succeeded(phaseSwitched), after))
+	pendingWorked := d.log.count(msgPendingWorked)
+	d.expect(denied > 0 && pendingWorked > 0,
+		fmt.Sprintf("the old password was refused %d times, yet every connection got in: "+
+			"rdsconn's AWSPENDING try was accepted %d times", denied, pendingWorked),
+		fmt.Sprintf("AWSPENDING accepted %d times", pendingWorked))
 	d.expect(sms.GetSecretValue <= 2+3*demoWorkers,
-		"GetSecretValue calls stay bounded: %d (AWSCURRENT %d, AWSPENDING %d), at most %d",
-		sms.GetSecretValue, sms.ByStage[rdstest.StageCurrent], sms.ByStage[rdstest.StagePending],
-		2+3*demoWorkers)
+		fmt.Sprintf("GetSecretValue calls stay few: %d (AWSCURRENT %d, AWSPENDING %d)",
+			sms.GetSecretValue, sms.ByStage[rdstest.StageCurrent],
+			sms.ByStage[rdstest.StagePending]),
+		fmt.Sprintf("more than %d", 2+3*demoWorkers))
 
 	d.secretSum = fmt.Sprintf("%d queries by %d workers, %d failed; %d logins refused with "+
 		"the old password; %d GetSecretValue calls", before+during+after+failed, demoWorkers,
@@ -466,11 +473,4 @@ func errText(err error) string {
 		return "none"
 	}
 	return err.Error()
-}
-
-func suffix(sep, s string) string {
-	if s == "" {
-		return ""
-	}
-	return sep + s
 }

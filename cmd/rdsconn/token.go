@@ -19,6 +19,9 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer, e en
 	fs := newFlagSet("token", "token [flags] DSN", stderr)
 	var f connFlags
 	f.register(fs, false)
+	fs.Lookup("ca-bundle").Usage = "PEM `file` the mysql client verifies the server with " +
+		"(for -env); default the RDS global bundle"
+	fs.Lookup("v").Usage = "also print the endpoint, user and region on stderr"
 	asEnv := fs.Bool("env", false,
 		"print shell lines that set MYSQL_PWD and the mysql client's TLS and clear-text options")
 	dsn, code := parseCommandLine(fs, args, stderr)
@@ -48,9 +51,13 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer, e en
 	if plan.Err != nil {
 		return fail(stepEndpoint, plan.Err)
 	}
-	region, _, err := c.Region(ctx)
+	region, from, err := c.Region(ctx)
 	if err != nil {
 		return fail(stepRegion, err)
+	}
+	if f.verbose {
+		fmt.Fprintf(stderr, "rdsconn token: for user %q at %s in %s (region from %s)\n",
+			plan.User, plan.Endpoint, region, from)
 	}
 	awsCfg, err := c.AWSConfig(ctx)
 	if err == nil && awsCfg.Credentials == nil {
