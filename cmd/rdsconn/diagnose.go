@@ -400,22 +400,22 @@ func (ck *checker) diagnoseIAMDenied() diagnosis {
 	if account == "" {
 		account, who = "ACCOUNT", "your IAM identity"
 	}
-	resource, describe := "db-RESOURCEID", "aws rds describe-db-instances (DbiResourceId)"
+	resource, describe := "db-RESOURCEID", "the DbiResourceId from aws rds describe-db-instances"
 	switch ck.kind {
 	case "cluster", "cluster reader", "cluster custom":
-		resource, describe = "cluster-RESOURCEID", "aws rds describe-db-clusters "+
-			"(DbClusterResourceId)"
+		resource = "cluster-RESOURCEID"
+		describe = "the DbClusterResourceId from aws rds describe-db-clusters"
 	case "proxy":
-		resource, describe = "prx-RESOURCEID", "aws rds describe-db-proxies (the id in DBProxyArn)"
+		resource, describe = "prx-RESOURCEID", "the proxy's id, at the end of its DBProxyArn"
 	}
 	user := ck.info.User
 	return diagnosis{cause: causeIAMDenied,
 		why: "RDS checked the token and refused it; for a token signed for the right " +
 			"endpoint, region and time that leaves two causes, which look the same from here",
 		advice: []string{
-			fmt.Sprintf("allow %s rds-db:connect on arn:aws:rds-db:%s:%s:dbuser:%s/%s (the "+
-				"resource id from %s, not the name), and turn on IAM database authentication "+
-				"on the instance or cluster", who, ck.region, account, resource, user, describe),
+			fmt.Sprintf("allow %s rds-db:connect on arn:aws:rds-db:%s:%s:dbuser:%s/%s (%s, "+
+				"not the name), and turn on IAM database authentication on the instance or "+
+				"cluster", who, ck.region, account, resource, user, describe),
 			fmt.Sprintf("create the user for IAM: CREATE USER '%s'@'%%' IDENTIFIED WITH "+
 				"AWSAuthenticationPlugin AS 'RDS'; (SELECT user, plugin FROM mysql.user shows "+
 				"a user's plugin)", user),
