@@ -180,7 +180,7 @@ func (ck *checker) checkEndpoint(dsn string) bool {
 		s.Summary += "; dialled at " + cfg.Addr
 	}
 	if ck.plan.Err != nil && !ck.tlsRefused() {
-		return ck.fail(s, ck.plan.Err, diagnoseConfig(ck.plan.Err))
+		return ck.fail(s, ck.plan.Err, diagnoseConfig())
 	}
 	if ck.in.source == sourceIAM && ck.kind == "" {
 		s.Status = statusWarn

@@ -66,7 +66,7 @@ func diagnoseDSN() diagnosis {
 	}
 }
 
-func diagnoseConfig(err error) diagnosis {
+func diagnoseConfig() diagnosis {
 	return diagnosis{
 		cause:  causeConfig,
 		why:    "rdsconn refuses this configuration before dialling",
@@ -236,7 +236,7 @@ func (ck *checker) diagnoseConnect(err error) diagnosis {
 	)
 	switch {
 	case errors.Is(err, rdsconn.ErrConfig):
-		return diagnoseConfig(err)
+		return diagnoseConfig()
 	case errors.As(err, &hostErr):
 		return ck.diagnoseHostname(hostErr)
 	case errors.Is(err, rdsconn.ErrUnknownCA) || errors.As(err, &caErr):

@@ -108,6 +108,8 @@ type fixture struct {
 	sts    *stsFake
 	sm     *rdstest.SecretsManager
 	caFile string
+	// passwordFile holds passwordA and a newline.
+	passwordFile string
 }
 
 // newFixture starts the fakes and sets the AWS environment for them, with
@@ -140,6 +142,10 @@ func newFixture(t *testing.T, opts rdstest.IAMOptions) *fixture {
 	dir := t.TempDir()
 	f.caFile = filepath.Join(dir, "ca.pem")
 	if err := os.WriteFile(f.caFile, ep.CA().CertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.passwordFile = filepath.Join(dir, "password")
+	if err := os.WriteFile(f.passwordFile, []byte(passwordA+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for k, v := range map[string]string{
