@@ -523,11 +523,11 @@ func (ck *checker) checkConnection(ctx context.Context) bool {
 	s.Summary = fmt.Sprintf("connected in %s as %s to MySQL %s %s; round trip %s",
 		took.Round(time.Millisecond/10), orUnknown(user), orUnknown(version), over, rtt)
 
-	if ck.log.count(msgPendingWorked) > 0 {
+	if ck.log.count(evPending) > 0 {
 		s.Status = statusWarn
 		s.Notes = append(s.Notes, "the database refused AWSCURRENT and accepted AWSPENDING: a "+
 			"rotation is in progress; if it lasts, check the rotation function's logs")
-	} else if ck.log.count(msgRetried) > 0 {
+	} else if ck.log.count(evRetried) > 0 {
 		s.Status = statusWarn
 		s.Notes = append(s.Notes, "the cached password was refused and a fresh one worked")
 	}

@@ -170,9 +170,9 @@ func (d *demo) iam(ctx context.Context, ca *rdstest.CA) error {
 	_ = c1.QueryRowContext(ctx, "SHOW STATUS LIKE 'Ssl_version'").Scan(&tlsName, &tlsVersion)
 	d.say("iam", "first connection: logged in as %s over %s with an IAM token", user, tlsVersion)
 	st := ep.Stats()
-	d.expect(st.Accepted == 1 && d.log.count(msgTokenBuilt) == 1,
+	d.expect(st.Accepted == 1 && d.log.count(evTokenBuilt) == 1,
 		"1 token built, 1 login accepted", fmt.Sprintf("%d tokens, %d logins",
-			d.log.count(msgTokenBuilt), st.Accepted))
+			d.log.count(evTokenBuilt), st.Accepted))
 
 	// 2. A pool of connections opened at once shares that token.
 	conns, err := openConns(ctx, db, demoPool)
@@ -185,11 +185,11 @@ func (d *demo) iam(ctx context.Context, ca *rdstest.CA) error {
 	c1.Close()
 	st = ep.Stats()
 	d.say("iam", "%d more connections at once", demoPool)
-	d.expect(st.Accepted == 1+demoPool && d.log.count(msgTokenBuilt) == 1 &&
+	d.expect(st.Accepted == 1+demoPool && d.log.count(evTokenBuilt) == 1 &&
 		distinctTokens(st.Tokens) == 1,
 		fmt.Sprintf("%d logins, all with the first token; still 1 token built", 1+demoPool),
 		fmt.Sprintf("%d logins, %d tokens built, %d seen", st.Accepted,
-			d.log.count(msgTokenBuilt), distinctTokens(st.Tokens)))
+			d.log.count(evTokenBuilt), distinctTokens(st.Tokens)))
 
 	// 3. The credentials that signed the token are revoked.
 	ep.RevokeCredentials(first.AccessKeyID)
@@ -209,14 +209,14 @@ func (d *demo) iam(ctx context.Context, ca *rdstest.CA) error {
 	refused := st.Denied[rdstest.ReasonUnknownKey]
 	d.say("iam", "new connection: the cached token is refused (%s), a new token is built "+
 		"with session 2, and the login succeeds", rdstest.ReasonUnknownKey)
-	d.expect(err == nil && refused == 1 && d.log.count(msgRetried) == 1 &&
-		d.log.count(msgTokenBuilt) == 2,
+	d.expect(err == nil && refused == 1 && d.log.count(evRetried) == 1 &&
+		d.log.count(evTokenBuilt) == 2,
 		"1 refusal, 1 retry, 2 tokens built, no error for the caller",
 		fmt.Sprintf("%d refusals, %d retries, %d tokens, error %s", refused,
-			d.log.count(msgRetried), d.log.count(msgTokenBuilt), errText(err)))
+			d.log.count(evRetried), d.log.count(evTokenBuilt), errText(err)))
 
 	d.iamSummary = fmt.Sprintf("%d logins accepted, %d refused, %d tokens built",
-		st.Accepted, st.DeniedTotal(), d.log.count(msgTokenBuilt))
+		st.Accepted, st.DeniedTotal(), d.log.count(evTokenBuilt))
 	return nil
 }
 
@@ -428,7 +428,7 @@ func (d *demo) rotation(ctx context.Context, ca *rdstest.CA) error {
 	d.expect(before > 0 && load.succeeded(phaseSwitched) > 0 && after > 0,
 		"queries succeeded before, during and after the rotation",
 		fmt.Sprintf("%d, %d, %d", before, load.succeeded(phaseSwitched), after))
-	pendingWorked := d.log.count(msgPendingWorked)
+	pendingWorked := d.log.count(evPending)
 	d.expect(denied > 0 && pendingWorked > 0,
 		fmt.Sprintf("the old password was refused %d times, yet every connection got in: "+
 			"rdsconn's AWSPENDING try was accepted %d times", denied, pendingWorked),

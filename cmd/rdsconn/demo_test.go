@@ -33,7 +33,7 @@ func TestDemo(t *testing.T) {
 	if d := time.Since(start); d > 20*time.Second {
 		t.Errorf("demo took %s", d)
 	}
-	for _, w := range []string{"0 broken", "0 failed", "2 tokens built", msgTokenBuilt} {
+	for _, w := range []string{"0 broken", "0 failed", "2 tokens built", evTokenBuilt} {
 		if !strings.Contains(out, w) {
 			t.Errorf("output lacks %q\n%s", w, out)
 		}
