@@ -90,6 +90,13 @@ func goroutineStacks() map[int]string {
 	return stacks
 }
 
+// faultCacheIdle reports whether no fetch is in flight.
+func faultCacheIdle(c *cache) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.call == nil
+}
+
 // faultEndpoint starts an IAM-checking endpoint that trusts credsA for app.
 func faultEndpoint(t *testing.T, opts rdstest.IAMOptions) *rdstest.IAMEndpoint {
 	t.Helper()
@@ -298,8 +305,15 @@ func TestSecretsManagerFaultsStale(t *testing.T) {
 			if err := f.connect(t, 2*time.Second); err != nil {
 				t.Fatalf("Connect with an expired cached secret and a failing refresh: %v", err)
 			}
-			if n := f.sm.Stats().GetSecretValue; n != 1+tt.calls {
-				t.Fatalf("%d GetSecretValue calls, want the first and one failed refresh", n)
+			// The refresh may run in the background: wait for it to fail.
+			for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+				if f.sm.Stats().GetSecretValue == 1+tt.calls && faultCacheIdle(f.conn.cache) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%d GetSecretValue calls, want the first and one failed refresh",
+						f.sm.Stats().GetSecretValue)
+				}
 			}
 			for range 3 {
 				if err := f.connect(t, time.Second); err != nil {
@@ -371,14 +385,9 @@ func TestSecretsManagerStall(t *testing.T) {
 
 // TestSecretsManagerStallExpired: stale if error for a stall. A cached
 // secret past its reuse time, whose refresh hangs, is a working password
-// all the same: Connect should use it rather than wait for the refresh
+// all the same: Connect uses it at once rather than wait for the refresh
 // until its deadline, as it does when the refresh fails fast.
 func TestSecretsManagerStallExpired(t *testing.T) {
-	t.Skip("blocked on core bug: cache.getSlow (password.go) makes a caller with an expired " +
-		"but unrefused value wait for the foreground fetch; when GetSecretValue hangs, every " +
-		"Connect fails at its deadline although the cached secret still works. For sources " +
-		"whose values do not die (secret, file, function) it should wait a short time at " +
-		"most, then hand out the old value and let the fetch finish in the background")
 	faultLeaks(t)
 	f := newSecretFixture(t)
 	if err := f.connect(t, 2*time.Second); err != nil {
@@ -388,8 +397,22 @@ func TestSecretsManagerStallExpired(t *testing.T) {
 	f.sm.FailNext(1, rdstest.FaultStall)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := faultConnectOnce(ctx, f.conn); err != nil {
+	start := time.Now()
+	err := faultConnectOnce(ctx, f.conn)
+	took := time.Since(start)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Remove this skip once the bug is fixed.
+		t.Skip("blocked on core bug: cache.getSlow (password.go) makes a caller with an " +
+			"expired but unrefused value wait for the foreground fetch; when GetSecretValue " +
+			"hangs, every Connect fails at its deadline although the cached secret still " +
+			"works. For values that do not die (secret, file, function) it should hand out " +
+			"the old value and let the fetch run in the background")
+	}
+	if err != nil {
 		t.Fatalf("Connect with an expired cached secret and a stalled refresh: %v", err)
+	}
+	if took > time.Second {
+		t.Fatalf("Connect took %v, want no wait for the stalled refresh", took)
 	}
 }
 
@@ -399,10 +422,6 @@ func TestSecretsManagerStallExpired(t *testing.T) {
 // the test suite saw two token builds (TestServerRestartWithPoolInUse, one
 // run in about fifty), where K18 wants one.
 func TestCacheFreshValueNotRefetched(t *testing.T) {
-	t.Skip("blocked on core bug: cache.getSlow (password.go) starts a background refresh " +
-		"for any usable value, even one fetched a moment ago, when the caller missed it on " +
-		"the fast path; it should start one only when now >= e.refreshAt (or the value is " +
-		"stale)")
 	src := &countingSource{ttl: time.Hour}
 	c := newTestCache(t, src, newFakeClock("12:00:00"))
 	mustGet(t, c)
@@ -413,6 +432,13 @@ func TestCacheFreshValueNotRefetched(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitIdle(t, c)
+	if n := src.calls.Load(); n == 2 {
+		// Remove this skip once the bug is fixed.
+		t.Skip("blocked on core bug: cache.getSlow (password.go) starts a background " +
+			"refresh for any usable value, even one fetched a moment ago, when the caller " +
+			"missed it on the fast path; it should start one only when now >= e.refreshAt " +
+			"(or the value is stale)")
+	}
 	if n := src.calls.Load(); n != 1 {
 		t.Fatalf("%d fetches, want 1: a value fetched a moment ago was fetched again", n)
 	}
@@ -555,11 +581,6 @@ func TestInstanceMetadataProbeBound(t *testing.T) {
 // while another caller's region probe is in flight, returns at its deadline
 // instead of waiting for the probe.
 func TestRegionWaitHonoursContext(t *testing.T) {
-	t.Skip("blocked on core bug: awsState.forEndpointSource (awsconfig.go) holds a.mu, a " +
-		"sync.Mutex, across LoadDefaultConfig and the instance-metadata probe, so a second " +
-		"caller of Region, AWSConfig or Refresh waits up to a second (or as long as a config " +
-		"load blocks) whatever its context says; wait with a channel-based lock or a shared " +
-		"call that honours ctx")
 	faultLeaks(t)
 	m := rdstest.NewInstanceMetadata("sa-east-1")
 	t.Cleanup(m.Close)
@@ -576,12 +597,21 @@ func TestRegionWaitHonoursContext(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // let the first probe start
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	var err error
-	faultTimed(t, 20*time.Millisecond+faultSlack, "Region", func() { _, _, err = c.Region(ctx) })
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Region: %v, want context.DeadlineExceeded", err)
-	}
+	start := time.Now()
+	_, _, err := c.Region(ctx)
+	took := time.Since(start)
 	<-first
+	if !errors.Is(err, context.DeadlineExceeded) && took > 20*time.Millisecond+faultSlack {
+		// Remove this skip once the bug is fixed.
+		t.Skipf("blocked on core bug: awsState.forEndpointSource (awsconfig.go) holds a.mu, "+
+			"a sync.Mutex, across LoadDefaultConfig and the instance-metadata probe, so a "+
+			"second caller of Region, AWSConfig or Refresh waits for the probe (here %v) or "+
+			"for as long as a config load blocks, whatever its context says; it should wait "+
+			"with a lock that honours ctx (a channel) or share the call", took.Round(time.Millisecond))
+	}
+	if !errors.Is(err, context.DeadlineExceeded) || took > 20*time.Millisecond+faultSlack {
+		t.Fatalf("Region returned %v after %v, want context.DeadlineExceeded after 20ms", err, took)
+	}
 }
 
 // expiringCreds returns credsA, expiring at a time the test sets, and
