@@ -207,9 +207,11 @@ func (c *Connector) connectorFor(cred credential) (*entry, error) {
 }
 
 // Connect opens a connection with a cached password, fetching one when
-// needed. When the server refuses the password, Connect drops it, fetches a
-// new one and tries once more; for a secret during rotation, it also tries
-// the AWSPENDING version once.
+// needed. When the server refuses the password, Connect drops it, gets a
+// new one and tries once more. For a secret, the new one is the AWSPENDING
+// version when AWSCURRENT still holds the refused one (a single-user
+// rotation has changed the database first); and when a newer AWSCURRENT is
+// refused too, the AWSPENDING version gets one last try.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.err != nil {
 		return nil, c.err
@@ -226,57 +228,31 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 		return nil, err
 	}
 	conn, err := c.dial(ctx, e.conn)
-	if err == nil || !isAccessDenied(err) {
-		return conn, err
+	for tries := 1; isAccessDenied(err) && c.mayRetry(tries, e); tries++ {
+		c.log.Warn("rdsconn: access denied; fetching a new password and retrying",
+			"source", c.source.describe(), "error", err)
+		if e, err = c.cache.renew(ctx, e); err != nil {
+			return nil, err
+		}
+		conn, err = c.dial(ctx, e.conn)
 	}
-
-	c.log.Warn("rdsconn: access denied; fetching a new password and retrying once",
-		"source", c.source.describe(), "error", err)
-	c.cache.invalidate(e)
-	fresh, ferr := c.cache.get(ctx)
-	if ferr != nil {
-		return nil, ferr
+	if isAccessDenied(err) {
+		c.cache.drop(e)
+		return nil, &AccessDeniedError{Source: c.source.describe(), Hints: c.source.hints(), Err: err}
 	}
-	conn, err = c.dial(ctx, fresh.conn)
-	if err == nil || !isAccessDenied(err) {
-		return conn, err
-	}
-	if conn, done, perr := c.tryPending(ctx, fresh); done {
-		return conn, perr
-	}
-	c.cache.invalidate(fresh)
-	return nil, &AccessDeniedError{Source: c.source.describe(), Hints: c.source.hints(), Err: err}
+	return conn, err
 }
 
-// tryPending tries the AWSPENDING version of a secret once, after the
-// current version was refused even when fetched afresh. done is false when
-// there is no pending version to try.
-func (c *Connector) tryPending(ctx context.Context, refused *entry) (driver.Conn, bool, error) {
-	src, ok := c.source.(*secretSource)
-	if !ok {
-		return nil, false, nil
+// mayRetry says whether a refusal of e, after tries attempts, gets another
+// attempt: always after the first; after the second only for a secret
+// whose retry used a newer AWSCURRENT, which a rotation may not yet have
+// put on the database, so that its AWSPENDING version gets one try.
+func (c *Connector) mayRetry(tries int, e *entry) bool {
+	if tries == 1 {
+		return true
 	}
-	cred, ok, err := src.fetchPending(ctx, c.cache.now())
-	if err != nil || !ok || cred.version == refused.cred.version {
-		return nil, false, nil
-	}
-	e, err := c.connectorFor(cred)
-	if err != nil {
-		return nil, true, err
-	}
-	fetched := c.cache.now().UnixNano()
-	e.expires, e.refreshAt = cred.expires.UnixNano(), fetched+(cred.expires.UnixNano()-fetched)*4/5
-	conn, err := c.dial(ctx, e.conn)
-	if err != nil {
-		if !isAccessDenied(err) {
-			return nil, true, err
-		}
-		return nil, false, nil
-	}
-	c.log.Info("rdsconn: the AWSPENDING version of the secret was accepted; rotation in progress",
-		"secret", src.id, "version_id", cred.version)
-	c.cache.replace(e)
-	return conn, true, nil
+	_, secret := c.source.(*secretSource)
+	return tries == 2 && secret && !e.cred.pending && e.cred.version != ""
 }
 
 // dial opens one go-sql-driver connection, explaining an unknown-CA failure.

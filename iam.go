@@ -66,7 +66,7 @@ func (s *iamSource) fetch(ctx context.Context, now time.Time) (credential, error
 	}
 	s.log.Info("rdsconn: IAM token built", "endpoint", s.endpoint, "user", s.user,
 		"region", region, "reuse_until", expires.UTC().Format(time.RFC3339))
-	return credential{password: token, expires: expires}, nil
+	return credential{password: token, expires: expires, dies: true}, nil
 }
 
 func (s *iamSource) hints() []string {

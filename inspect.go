@@ -114,9 +114,7 @@ func (c *Connector) Refresh(ctx context.Context) (PasswordInfo, error) {
 	if c.cache == nil {
 		return PasswordInfo{Source: "the DSN's password", User: c.base.User}, nil
 	}
-	if e := c.cache.cur.Load(); e != nil {
-		c.cache.invalidate(e)
-	}
+	c.cache.forget()
 	e, err := c.cache.get(ctx)
 	if err != nil {
 		return PasswordInfo{}, err
@@ -131,6 +129,6 @@ func (c *Connector) Refresh(ctx context.Context) (PasswordInfo, error) {
 		VersionID:  e.cred.version,
 		Stages:     slices.Clone(e.cred.stages),
 		Keys:       slices.Clone(e.cred.keys),
-		ReuseUntil: time.Unix(0, e.expires),
+		ReuseUntil: e.cred.expires,
 	}, nil
 }

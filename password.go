@@ -24,6 +24,10 @@ const (
 	// staleRetry is how long a stale value is served after a failed refresh
 	// before the next refresh is tried.
 	staleRetry = 5 * time.Second
+	// lastingWait is how long a caller waits for the refresh of an expired
+	// value that still works (a secret, a file) before it is handed the
+	// old value, while the refresh goes on in the background.
+	lastingWait = 250 * time.Millisecond
 )
 
 // source produces passwords: an IAM token builder, a secret, a file or the
@@ -37,11 +41,24 @@ type source interface {
 	hints() []string
 }
 
+// renewer is a source that can do better than a plain fetch once the server
+// has refused one of its values: a secret in the middle of a rotation.
+type renewer interface {
+	// fetchAfterRefusal gets a password to replace refused.
+	fetchAfterRefusal(ctx context.Context, now time.Time, refused credential) (credential, error)
+}
+
 // credential is one password from a source.
 type credential struct {
 	password string
 	user     string    // user name from a secret; "" keeps the DSN's
 	version  string    // secret version id, for logs and rotation checks
+	pending  bool      // the AWSPENDING version of a secret
+	// dies is set for a value that stops working at expires, an IAM token.
+	// Other values (a secret, a file, a function's result) only stop
+	// working when the server refuses them: past expires they are still
+	// handed out while a refresh runs in the background.
+	dies bool
 	stages   []string  // secret version's staging labels
 	keys     []string  // names of the secret's JSON keys
 	expires  time.Time // not to be used from this moment on
@@ -53,7 +70,7 @@ type entry struct {
 	conn      driver.Connector
 	gen       uint64
 	refreshAt int64 // wall-clock Unix ns: refresh in the background from here
-	expires   int64 // wall-clock Unix ns: never hand out from here
+	expires   int64 // wall-clock Unix ns: not to be handed out from here without a refresh
 }
 
 // fetchCall is one fetch shared by every caller that needs it.
@@ -82,6 +99,10 @@ type cache struct {
 	gen       uint64
 	stale     bool  // cur is past expiry and kept because a refresh failed
 	nextRetry int64 // while stale, no refresh before this (Unix ns)
+	// refused is the last value the server refused, until a fetch replaces
+	// it: fetches started meanwhile tell the source, so that it can look
+	// past a version it knows is refused.
+	refused *credential
 }
 
 // get returns a usable password, fetching one when there is none.
@@ -105,6 +126,9 @@ func (c *cache) getSlow(ctx context.Context, now int64) (*entry, error) {
 		c.mu.Unlock()
 		return e, nil
 	}
+	if e != nil && !e.cred.dies {
+		return c.waitLasting(ctx, e)
+	}
 	call := c.call
 	if call == nil {
 		call = c.start(ctx, false)
@@ -120,6 +144,36 @@ func (c *cache) getSlow(ctx context.Context, now int64) (*entry, error) {
 		return nil, fmt.Errorf("rdsconn: waiting for the password from the %s: %w",
 			c.src.describe(), ctx.Err())
 	}
+}
+
+// waitLasting refreshes an expired value that still works until the server
+// refuses it. The caller waits for the refresh a short time at most, so that
+// a file read or a prompt Secrets Manager answer is used at once, while a
+// hanging one costs one caller lastingWait and nobody more. c.mu is held on
+// entry and released.
+func (c *cache) waitLasting(ctx context.Context, e *entry) (*entry, error) {
+	call := c.call
+	if call == nil {
+		call = c.start(ctx, true)
+	}
+	c.mu.Unlock()
+
+	timer := time.NewTimer(lastingWait)
+	defer timer.Stop()
+	select {
+	case <-call.done:
+		if call.err == nil {
+			return call.e, nil
+		}
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	if c.cur.Load() == e {
+		c.stale = true // later callers use e without waiting
+	}
+	c.mu.Unlock()
+	return e, nil
 }
 
 // leave is called by a waiter that gave up. The last one to leave cancels a
@@ -148,9 +202,10 @@ func (c *cache) start(ctx context.Context, background bool) *fetchCall {
 	stop := context.AfterFunc(c.closing, cancel)
 	call := &fetchCall{done: make(chan struct{}), background: background, cancel: cancel}
 	c.call = call
+	refused := c.refused
 	go func() {
 		defer close(call.done)
-		e, err := c.fetch(fctx)
+		e, err := c.fetch(fctx, refused)
 		stop()
 		cancel()
 		c.finish(call, e, err)
@@ -159,9 +214,15 @@ func (c *cache) start(ctx context.Context, background bool) *fetchCall {
 }
 
 // fetch gets a credential from the source and builds its connector.
-func (c *cache) fetch(ctx context.Context) (*entry, error) {
+func (c *cache) fetch(ctx context.Context, refused *credential) (*entry, error) {
 	now := c.now()
-	cred, err := c.src.fetch(ctx, now)
+	var cred credential
+	var err error
+	if r, ok := c.src.(renewer); ok && refused != nil {
+		cred, err = r.fetchAfterRefusal(ctx, now, *refused)
+	} else {
+		cred, err = c.src.fetch(ctx, now)
+	}
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 			return nil, fmt.Errorf("rdsconn: getting the password from the %s: %w",
@@ -178,8 +239,8 @@ func (c *cache) fetch(ctx context.Context) (*entry, error) {
 		return nil, err
 	}
 	fetched, expires := now.UnixNano(), cred.expires.UnixNano()
-	e.expires = expires
 	e.refreshAt = fetched + (expires-fetched)*4/5
+	e.expires = expires
 	return e, nil
 }
 
@@ -200,7 +261,7 @@ func (c *cache) finish(call *fetchCall, e *entry, err error) {
 		c.gen++
 		e.gen = c.gen
 		c.cur.Store(e)
-		c.stale, c.nextRetry = false, 0
+		c.stale, c.nextRetry, c.refused = false, 0, nil
 		call.e = e
 		return
 	}
@@ -221,30 +282,44 @@ func (c *cache) finish(call *fetchCall, e *entry, err error) {
 	call.e = old
 }
 
-// invalidate drops the cached value e after the server refused it, unless a
-// newer one has already replaced it. Fifty connections refused together thus
-// cause one fetch, not fifty. A fetch already in flight is left to its
-// waiters but not joined by later callers: it may have read the value before
-// a rotation, so the next get starts a fetch that is sure to be newer.
-func (c *cache) invalidate(e *entry) {
+// renew replaces refused, a value the server just refused: it drops it
+// unless a newer value has already replaced it, and returns the newer value
+// or the result of a fetch that started after the refusal. Fifty
+// connections refused together thus cause one fetch, not fifty. A fetch
+// already in flight when the value is dropped is left to its waiters but
+// not joined: it may have read the value before a rotation.
+func (c *cache) renew(ctx context.Context, refused *entry) (*entry, error) {
+	c.mu.Lock()
+	if c.cur.Load() == refused {
+		c.cur.Store(nil)
+		c.stale = false
+		c.call = nil
+		c.refused = &refused.cred
+	}
+	c.mu.Unlock()
+	return c.get(ctx)
+}
+
+// forget drops the current value and any fetch in flight, so that the next
+// get fetches afresh.
+func (c *cache) forget() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cur.Load() != e {
-		return
-	}
 	c.cur.Store(nil)
 	c.stale = false
 	c.call = nil
 }
 
-// replace makes e the current value, as after a successful fetch.
-func (c *cache) replace(e *entry) {
+// drop forgets e if it is still the current value, after the server refused
+// it and no retry is left.
+func (c *cache) drop(e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.gen++
-	e.gen = c.gen
-	c.cur.Store(e)
-	c.stale = false
+	if c.cur.Load() == e {
+		c.cur.Store(nil)
+		c.stale = false
+		c.refused = &e.cred
+	}
 }
 
 // fileSource reads the password from a file.

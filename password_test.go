@@ -52,10 +52,11 @@ func (c *fakeClock) Advance(d time.Duration) {
 // countingSource hands out "pw-1", "pw-2", ... each valid for ttl, or the
 // error in fail. A fetch blocks while gate is not nil and not closed.
 type countingSource struct {
-	ttl   time.Duration
-	calls atomic.Int32
-	fail  atomic.Pointer[error]
-	gate  chan struct{}
+	ttl     time.Duration
+	lasting bool // values do not die at expiry, like secrets
+	calls   atomic.Int32
+	fail    atomic.Pointer[error]
+	gate    chan struct{}
 }
 
 func (s *countingSource) describe() string { return "test source" }
@@ -73,7 +74,7 @@ func (s *countingSource) fetch(ctx context.Context, now time.Time) (credential, 
 	if errp := s.fail.Load(); errp != nil {
 		return credential{}, *errp
 	}
-	return credential{password: fmt.Sprintf("pw-%d", n), expires: now.Add(s.ttl)}, nil
+	return credential{password: fmt.Sprintf("pw-%d", n), expires: now.Add(s.ttl), dies: !s.lasting}, nil
 }
 
 func (s *countingSource) failWith(err error) {
@@ -230,8 +231,7 @@ func TestCacheGeneration(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 50 {
 		wg.Go(func() {
-			c.invalidate(old)
-			if _, err := c.get(context.Background()); err != nil {
+			if _, err := c.renew(context.Background(), old); err != nil {
 				t.Error(err)
 			}
 		})
@@ -241,8 +241,7 @@ func TestCacheGeneration(t *testing.T) {
 		t.Fatalf("%d fetches after 50 refusals of one value, want 2 in all", calls)
 	}
 	fresh, _ := c.get(context.Background())
-	c.invalidate(old)
-	if now, _ := c.get(context.Background()); now != fresh || src.calls.Load() != 2 {
+	if now, _ := c.renew(context.Background(), old); now != fresh || src.calls.Load() != 2 {
 		t.Fatal("refusing an old value dropped the newer one")
 	}
 }
@@ -285,8 +284,7 @@ func TestCacheStaleIfError(t *testing.T) {
 	// A refused stale value is dropped: the error comes through.
 	cur := c.cur.Load()
 	src.failWith(errors.New("throttled"))
-	c.invalidate(cur)
-	if _, err := c.get(context.Background()); err == nil {
+	if _, err := c.renew(context.Background(), cur); err == nil {
 		t.Fatal("after the server refused the only value, get succeeded")
 	}
 }
@@ -383,8 +381,7 @@ func TestCacheDenialSkipsOlderFetch(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 20 {
 		wg.Go(func() {
-			c.invalidate(first)
-			if _, err := c.get(context.Background()); err != nil {
+			if _, err := c.renew(context.Background(), first); err != nil {
 				t.Error(err)
 			}
 		})
@@ -400,5 +397,38 @@ func TestCacheDenialSkipsOlderFetch(t *testing.T) {
 	if cur == nil || older.e == nil || cur.cred.password == older.e.cred.password ||
 		cur.cred.password == first.cred.password {
 		t.Fatalf("current value %v, want the one fetched after the refusal", cur)
+	}
+}
+
+// TestCacheLastingValuePastExpiry: a value that does not die at expiry (a
+// secret) is still handed out while its refresh hangs; callers never wait.
+func TestCacheLastingValuePastExpiry(t *testing.T) {
+	clock := newFakeClock("12:00:00")
+	src := &countingSource{ttl: time.Hour, lasting: true}
+	c := newTestCache(t, src, clock)
+	first := mustGet(t, c)
+
+	src.gate = make(chan struct{}) // the refresh hangs
+	clock.Set("13:30:00")
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	e, err := c.get(ctx)
+	if err != nil || e.cred.password != first {
+		t.Fatalf("past expiry with a hanging refresh got %v, %v; want the old value", e, err)
+	}
+	start := time.Now()
+	if e, err := c.get(context.Background()); err != nil || e.cred.password != first {
+		t.Fatalf("second caller got %v, %v; want the old value", e, err)
+	}
+	if waited := time.Since(start); waited >= lastingWait {
+		t.Fatalf("second caller waited %v for a hanging refresh", waited)
+	}
+	if n := src.calls.Load(); n != 2 {
+		t.Fatalf("%d fetches, want the first and one refresh", n)
+	}
+	close(src.gate)
+	waitIdle(t, c)
+	if got := mustGet(t, c); got == first {
+		t.Fatal("the background refresh did not replace the value")
 	}
 }

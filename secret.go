@@ -72,9 +72,27 @@ func (s *secretSource) fetch(ctx context.Context, now time.Time) (credential, er
 	return cred, nil
 }
 
+// fetchAfterRefusal gets the password to try after the server refused
+// one: AWSCURRENT, unless it is still the refused version, in which case a
+// single-user rotation has changed the database before moving AWSCURRENT,
+// and the AWSPENDING version, if there is one, is the password to use.
+func (s *secretSource) fetchAfterRefusal(ctx context.Context, now time.Time,
+	refused credential) (credential, error) {
+	cur, err := s.fetch(ctx, now)
+	if err != nil || refused.version == "" || cur.version != refused.version {
+		return cur, err
+	}
+	pending, ok, err := s.fetchPending(ctx, now)
+	if err != nil || !ok || pending.version == refused.version {
+		return cur, nil
+	}
+	s.log.Info("rdsconn: using the AWSPENDING version of the secret: rotation in progress",
+		"secret", s.id, "version_id", pending.version)
+	return pending, nil
+}
+
 // fetchPending returns the AWSPENDING version, or ok false when there is
-// none. Single-user rotation sets the new password on the database before
-// AWSCURRENT moves to it, so this version may be the one the server wants.
+// none.
 func (s *secretSource) fetchPending(ctx context.Context, now time.Time) (credential, bool, error) {
 	cred, err := s.fetchStage(ctx, stagePending)
 	var notFound *types.ResourceNotFoundException
@@ -86,6 +104,7 @@ func (s *secretSource) fetchPending(ctx context.Context, now time.Time) (credent
 	}
 	// A pending value is only good while the rotation lasts.
 	cred.expires = now.Add(pendingTTL)
+	cred.pending = true
 	return cred, true, nil
 }
 
