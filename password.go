@@ -51,17 +51,17 @@ type renewer interface {
 // credential is one password from a source.
 type credential struct {
 	password string
-	user     string    // user name from a secret; "" keeps the DSN's
-	version  string    // secret version id, for logs and rotation checks
-	pending  bool      // the AWSPENDING version of a secret
+	user     string // user name from a secret; "" keeps the DSN's
+	version  string // secret version id, for logs and rotation checks
+	pending  bool   // the AWSPENDING version of a secret
 	// dies is set for a value that stops working at expires, an IAM token.
 	// Other values (a secret, a file, a function's result) only stop
 	// working when the server refuses them: past expires they are still
 	// handed out while a refresh runs in the background.
-	dies bool
-	stages   []string  // secret version's staging labels
-	keys     []string  // names of the secret's JSON keys
-	expires  time.Time // not to be used from this moment on
+	dies    bool
+	stages  []string  // secret version's staging labels
+	keys    []string  // names of the secret's JSON keys
+	expires time.Time // not to be used from this moment on
 }
 
 // entry is a cached credential with the go-sql-driver connector built for it.
