@@ -85,6 +85,7 @@ func New(cfg *mysql.Config, opts ...Option) *Connector {
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
+	c.base = base // for Plan, also when configure fails
 	if err := c.configure(base, s, closing); err != nil {
 		c.err = err
 	}

@@ -62,7 +62,11 @@ func ParseDSN(dsn string) (*mysql.Config, error) {
 	}
 	cfg, err := mysql.ParseDSN(dsn)
 	if err != nil {
-		return nil, configError("parsing the DSN: %v", err)
+		hint := ""
+		if strings.Contains(dsn, "rds-") {
+			hint = " (a / in a parameter value, such as rds-secret=prod/app, must be written %2F)"
+		}
+		return nil, configError("parsing the DSN: %v%s", err, hint)
 	}
 	return cfg, nil
 }

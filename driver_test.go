@@ -64,6 +64,7 @@ func TestDriverDSNErrors(t *testing.T) {
 		{"K09 URL form", "mysql://app:x@host/shop", "written as a URL"},
 		{"K09 URL form, upper case", "MySQL://app:x@host/shop", "written as a URL"},
 		{"no slash", "app:hunter2@tcp(host:3306)", "parsing the DSN"},
+		{"slash in an rds- value", "app@tcp(host:3306)/shop?rds-secret=prod/app", "%2F"},
 		{"unknown rds- parameter", "app@tcp(host:3306)/shop?rds-foo=1", "unknown DSN parameter rds-foo"},
 	}
 	for _, tt := range tests {

@@ -18,6 +18,8 @@ const (
 	// credentialMargin is how long before its credentials expire a token
 	// stops being used: a presigned token dies with its credentials.
 	credentialMargin = time.Minute
+	// tokenLifetime is how long RDS accepts a token after it is signed.
+	tokenLifetime = 15 * time.Minute
 )
 
 // tokenBuilder builds an RDS IAM token; auth.BuildAuthToken in production.
@@ -66,7 +68,8 @@ func (s *iamSource) fetch(ctx context.Context, now time.Time) (credential, error
 	}
 	s.log.Info("rdsconn: IAM token built", "endpoint", s.endpoint, "user", s.user,
 		"region", region, "reuse_until", expires.UTC().Format(time.RFC3339))
-	return credential{password: token, expires: expires, dies: true}, nil
+	return credential{password: token, expires: expires, dies: true,
+		validUntil: now.Add(tokenLifetime)}, nil
 }
 
 func (s *iamSource) hints() []string {

@@ -41,7 +41,8 @@ type Plan struct {
 }
 
 // Plan returns what the Connector will do. It never fails; a configuration
-// error is in Plan.Err.
+// error is in Plan.Err, and the other fields then hold what was decided
+// before the error was found.
 func (c *Connector) Plan() Plan {
 	p := Plan{Err: c.err, Source: "the DSN's password"}
 	if c.base == nil {
@@ -100,8 +101,12 @@ type PasswordInfo struct {
 	Stages []string
 	// Keys are the names of the secret's JSON keys, for Secrets Manager.
 	Keys []string
-	// ReuseUntil is when the password stops being handed out.
+	// ReuseUntil is when the password stops being handed out without a
+	// refresh.
 	ReuseUntil time.Time
+	// ValidUntil is when the server stops accepting an IAM token: 15
+	// minutes after it was signed. It is zero for other sources.
+	ValidUntil time.Time
 }
 
 // Refresh fetches a new password from the Connector's source now, caches it
@@ -130,5 +135,6 @@ func (c *Connector) Refresh(ctx context.Context) (PasswordInfo, error) {
 		Stages:     slices.Clone(e.cred.stages),
 		Keys:       slices.Clone(e.cred.keys),
 		ReuseUntil: e.cred.expires,
+		ValidUntil: e.cred.validUntil,
 	}, nil
 }

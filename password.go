@@ -54,6 +54,8 @@ type credential struct {
 	user     string // user name from a secret; "" keeps the DSN's
 	version  string // secret version id, for logs and rotation checks
 	pending  bool   // the AWSPENDING version of a secret
+	// validUntil is when the server stops accepting an IAM token.
+	validUntil time.Time
 	// dies is set for a value that stops working at expires, an IAM token.
 	// Other values (a secret, a file, a function's result) only stop
 	// working when the server refuses them: past expires they are still
