@@ -29,10 +29,14 @@
 // Concurrent Connects share one fetch. A value is refreshed in the
 // background before it expires, so callers do not wait for AWS while a
 // value is good; when a refresh fails, the current value is kept until the
-// server refuses it. When the server answers "access denied" (1045, 1698),
-// rdsconn drops exactly the value that was refused, fetches a new one and
-// tries once more; for a secret in the middle of a rotation, it also tries
-// the AWSPENDING version once. It never loops.
+// server refuses it (a secret, file or function result is also kept while
+// a refresh hangs; an IAM token never outlives its reuse window). When the
+// server answers "access denied" (1045, 1698), rdsconn drops exactly the
+// value that was refused, fetches a new one and tries once more. For a
+// secret, when AWSCURRENT is still the refused version, the new one is the
+// AWSPENDING version (single-user rotation changes the database before it
+// moves AWSCURRENT); and when a newer AWSCURRENT is refused too, AWSPENDING
+// gets one last try. It never loops.
 //
 // # Region
 //
