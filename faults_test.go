@@ -466,20 +466,25 @@ func imdsConnector(t *testing.T, region *atomic.Value) (*Connector, *atomic.Int3
 // the read, the region probe costs the first Connect about a second at most,
 // and the later Connects nothing, because the probe runs once per connector.
 func TestInstanceMetadataFaults(t *testing.T) {
+	// A setup breaks the fake, or returns another URL to use and a count
+	// of the requests it received.
+	type setup = func(t *testing.T, m *rdstest.InstanceMetadata) (url string, probes func() int)
 	tests := []struct {
 		name   string
-		setup  func(t *testing.T, m *rdstest.InstanceMetadata) (url string, probes func() int)
+		setup  setup
 		region string // "" when no region can be found
 	}{
 		{"answers", nil, "sa-east-1"},
-		{"connection refused", func(t *testing.T, _ *rdstest.InstanceMetadata) (string, func() int) {
+		{"connection refused", func(t *testing.T, _ *rdstest.InstanceMetadata) (string,
+			func() int) {
 			addr, err := rdstest.RefusingAddr()
 			if err != nil {
 				t.Fatal(err)
 			}
 			return "http://" + addr, nil
 		}, ""},
-		{"listener never answers", func(t *testing.T, _ *rdstest.InstanceMetadata) (string, func() int) {
+		{"listener never answers", func(t *testing.T, _ *rdstest.InstanceMetadata) (string,
+			func() int) {
 			l, err := rdstest.NewSilentListener()
 			if err != nil {
 				t.Fatal(err)
@@ -487,15 +492,18 @@ func TestInstanceMetadataFaults(t *testing.T) {
 			t.Cleanup(func() { l.Close() })
 			return "http://" + l.Addr(), l.Accepted
 		}, ""},
-		{"server hangs", func(_ *testing.T, m *rdstest.InstanceMetadata) (string, func() int) {
+		{"server hangs", func(_ *testing.T, m *rdstest.InstanceMetadata) (string,
+			func() int) {
 			m.SetHang(true)
 			return "", nil
 		}, ""},
-		{"400 on the token request", func(_ *testing.T, m *rdstest.InstanceMetadata) (string, func() int) {
+		{"400 on the token request", func(_ *testing.T, m *rdstest.InstanceMetadata) (string,
+			func() int) {
 			m.FailTokenRequests(100, 400)
 			return "", nil
 		}, ""},
-		{"401 on the read", func(_ *testing.T, m *rdstest.InstanceMetadata) (string, func() int) {
+		{"401 on the read", func(_ *testing.T, m *rdstest.InstanceMetadata) (string,
+			func() int) {
 			m.FailReads(100, 401)
 			return "", nil
 		}, ""},
@@ -532,8 +540,10 @@ func TestInstanceMetadataFaults(t *testing.T) {
 				})
 				cancel()
 				if tt.region == "" {
-					if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "no AWS region") {
-						t.Fatalf("Connect %d: %v, want the no-region configuration error", i+1, err)
+					if !errors.Is(err, ErrConfig) ||
+						!strings.Contains(err.Error(), "no AWS region") {
+						t.Fatalf("Connect %d: %v, want the no-region configuration error",
+							i+1, err)
 					}
 				} else if got, _ := region.Load().(string); got != tt.region {
 					t.Fatalf("token signed for %q, want %q from instance metadata", got, tt.region)
@@ -570,7 +580,9 @@ func TestInstanceMetadataProbeBound(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var err error
-	took := faultTimed(t, imdsTimeout+faultSlack, "Connect", func() { err = faultConnectOnce(ctx, c) })
+	took := faultTimed(t, imdsTimeout+faultSlack, "Connect", func() {
+		err = faultConnectOnce(ctx, c)
+	})
 	t.Logf("probe gave up after %v", took.Round(time.Millisecond))
 	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "WithRegion") {
 		t.Fatalf("Connect: %v, want the no-region configuration error naming WithRegion", err)
@@ -607,10 +619,12 @@ func TestRegionWaitHonoursContext(t *testing.T) {
 			"a sync.Mutex, across LoadDefaultConfig and the instance-metadata probe, so a "+
 			"second caller of Region, AWSConfig or Refresh waits for the probe (here %v) or "+
 			"for as long as a config load blocks, whatever its context says; it should wait "+
-			"with a lock that honours ctx (a channel) or share the call", took.Round(time.Millisecond))
+			"with a lock that honours ctx (a channel) or share the call",
+			took.Round(time.Millisecond))
 	}
 	if !errors.Is(err, context.DeadlineExceeded) || took > 20*time.Millisecond+faultSlack {
-		t.Fatalf("Region returned %v after %v, want context.DeadlineExceeded after 20ms", err, took)
+		t.Fatalf("Region returned %v after %v, want context.DeadlineExceeded after 20ms",
+			err, took)
 	}
 }
 
@@ -703,7 +717,8 @@ func TestCredentialFaults(t *testing.T) {
 		var block atomic.Bool
 		block.Store(true)
 		returned := make(chan struct{}, 10)
-		blocking := aws.CredentialsProviderFunc(func(ctx context.Context) (aws.Credentials, error) {
+		blocking := aws.CredentialsProviderFunc(func(ctx context.Context) (aws.Credentials,
+			error) {
 			if !block.Load() {
 				return credsA, nil
 			}
@@ -716,7 +731,9 @@ func TestCredentialFaults(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), deadline)
 		defer cancel()
 		var err error
-		faultTimed(t, deadline+faultSlack, "Connect", func() { err = faultConnectOnce(ctx, f.conn) })
+		faultTimed(t, deadline+faultSlack, "Connect", func() {
+			err = faultConnectOnce(ctx, f.conn)
+		})
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Connect: %v, want context.DeadlineExceeded", err)
 		}

@@ -232,7 +232,8 @@ func FuzzParseHostPort(f *testing.F) {
 		checkEndpoint(t, hostport, ep)
 		if _, _, serr := net.SplitHostPort(hostport); serr != nil && hostport != "" {
 			if _, port, _ := net.SplitHostPort(ep); port != defaultPort {
-				t.Fatalf("dsnEndpoint(%q) = %q, want the default port %s", hostport, ep, defaultPort)
+				t.Fatalf("dsnEndpoint(%q) = %q, want the default port %s", hostport, ep,
+					defaultPort)
 			}
 		}
 	})
@@ -377,7 +378,8 @@ func FuzzParseSecret(f *testing.F) {
 			cred, err := parseSecret(value)
 			if password == "" {
 				if !errors.Is(err, ErrSecretFormat) {
-					t.Fatalf("parseSecret(%q) = %v, want ErrSecretFormat for no password", value, err)
+					t.Fatalf("parseSecret(%q) = %v, want ErrSecretFormat for no password",
+						value, err)
 				}
 				continue
 			}
@@ -385,7 +387,8 @@ func FuzzParseSecret(f *testing.F) {
 				t.Fatalf("parseSecret(%q): %v", value, err)
 			}
 			if cred.password != wantPassword {
-				t.Fatalf("parseSecret(%q) password %q, want %q", value, cred.password, wantPassword)
+				t.Fatalf("parseSecret(%q) password %q, want %q", value, cred.password,
+					wantPassword)
 			}
 			if cred.user != wantUser {
 				t.Fatalf("parseSecret(%q) user %q, want %q", value, cred.user, wantUser)
