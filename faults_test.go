@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
 	"github.com/aws/smithy-go"
 	"github.com/go-sql-driver/mysql"
+	"github.com/rdsconn/rdsconn/internal/mariadbtest"
 	"github.com/rdsconn/rdsconn/rdstest"
 )
 
@@ -1049,5 +1051,188 @@ func TestConnectDeadlineAtEachStage(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// faultProxy forwards TCP connections to a server, and can stop (dropping
+// every connection and refusing new ones) and start again on the same
+// address, as the server would when it restarts.
+type faultProxy struct {
+	target, addr string
+
+	mu    sync.Mutex
+	l     net.Listener
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func newFaultProxy(t *testing.T, target string) *faultProxy {
+	t.Helper()
+	p := &faultProxy{target: target, addr: "127.0.0.1:0"}
+	if err := p.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.stop)
+	return p
+}
+
+func (p *faultProxy) start() error {
+	l, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.l, p.addr = l, l.Addr().String()
+	p.mu.Unlock()
+	p.wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			p.wg.Go(func() { p.forward(c) })
+		}
+	})
+	return nil
+}
+
+func (p *faultProxy) forward(c net.Conn) {
+	s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, c, s)
+	p.mu.Unlock()
+	var copies sync.WaitGroup
+	copies.Go(func() { io.Copy(s, c); s.Close() })
+	copies.Go(func() { io.Copy(c, s); c.Close() })
+	copies.Wait()
+}
+
+// stop closes the listener and every connection, and waits for the
+// proxy's goroutines to end.
+func (p *faultProxy) stop() {
+	p.mu.Lock()
+	if p.l != nil {
+		p.l.Close()
+		p.l = nil
+	}
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+func (p *faultProxy) dial(ctx context.Context, network, _ string) (net.Conn, error) {
+	p.mu.Lock()
+	addr := p.addr
+	p.mu.Unlock()
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
+
+// TestFaultMariaDBRestart: a busy pool on MariaDB whose server restarts (a
+// proxy in front of it drops every connection and refuses new ones for a
+// while, then accepts again on the same address). Queries fail fast while
+// it is down, never with access denied; the cached password survives; the
+// pool recovers on its own.
+func TestFaultMariaDBRestart(t *testing.T) {
+	srv := mariadbtest.Server(t)
+	faultLeaks(t)
+	user := srv.CreateUser(t, "restart", "pw-restart")
+	p := newFaultProxy(t, srv.Addr)
+	cfg := srv.Config(mariadbtest.RDSEndpoint, user, "")
+	cfg.DialFunc = p.dial
+	var calls atomic.Int32
+	c := New(cfg, WithPasswordFunc(func(context.Context) (string, error) {
+		calls.Add(1)
+		return "pw-restart", nil
+	}))
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(4)
+	query := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var one int
+		return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if err := query(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+
+	p.stop()
+	var err error
+	faultTimed(t, time.Second, "a query while the server is down", func() { err = query() })
+	var ade *AccessDeniedError
+	if err == nil || errors.As(err, &ade) || isAccessDenied(err) {
+		t.Fatalf("query while the server is down: %v, want a network error", err)
+	}
+
+	if err := p.start(); err != nil {
+		t.Fatal(err)
+	}
+	faultTimed(t, 2*time.Second, "queries after the restart", func() {
+		for range 4 {
+			wg.Go(func() {
+				if err := query(); err != nil {
+					t.Errorf("query after the restart: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+	})
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("the password function was called %d times, want once: a restart "+
+			"dropped the cached password", n)
+	}
+}
+
+// TestFaultMariaDBUserLimit: MariaDB refusing a connection with 1226 (the
+// user has too many connections) after accepting its password is never
+// taken for access denied: no new password is fetched, and the next
+// Connect, once a connection is free, gets in.
+func TestFaultMariaDBUserLimit(t *testing.T) {
+	srv := mariadbtest.Server(t)
+	faultLeaks(t)
+	user := srv.CreateUser(t, "limited", "pw-limited")
+	if _, err := srv.AdminDB(t).Exec("ALTER USER ?@'%' WITH MAX_USER_CONNECTIONS 1",
+		user); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	c := New(srv.Config(mariadbtest.RDSEndpoint, user, ""),
+		WithPasswordFunc(func(context.Context) (string, error) {
+			calls.Add(1)
+			return "pw-limited", nil
+		}))
+	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+	held, err := c.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	faultTimed(t, time.Second, "Connect over the limit", func() { _, err = c.Connect(ctx) })
+	var me *mysql.MySQLError
+	var ade *AccessDeniedError
+	if !errors.As(err, &me) || me.Number != 1226 || errors.As(err, &ade) {
+		t.Fatalf("Connect over the limit: %v, want MySQL error 1226", err)
+	}
+	held.Close()
+	if err := faultConnectOnce(ctx, c); err != nil {
+		t.Fatalf("Connect once a connection is free: %v", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("the password function was called %d times, want once", n)
 	}
 }
