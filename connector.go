@@ -128,8 +128,12 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 	host, _, _ := net.SplitHostPort(endpoint)
 	c.endpoint = endpoint
 
+	// tls=true on an RDS name asks for verified TLS; the roots that verify
+	// RDS are the embedded ones, not the system's, so auto TLS serves it.
 	_, isRDS := RegionFromHost(host)
-	if isRDS && !s.noAutoTLS && base.TLS == nil && base.TLSConfig == "" {
+	plainTrue := base.TLSConfig == "true" && base.TLS != nil && base.TLS.RootCAs == nil &&
+		!base.TLS.InsecureSkipVerify
+	if isRDS && !s.noAutoTLS && (base.TLS == nil && base.TLSConfig == "" || plainTrue) {
 		roots := s.rootCAs
 		c.embeddedCAs = roots == nil
 		if roots == nil {
@@ -319,8 +323,8 @@ func requireVerifiedTLS(cfg *mysql.Config, noAutoTLS bool) error {
 	switch {
 	case cfg.TLSConfig == "false" || cfg.TLSConfig == "skip-verify" || cfg.TLSConfig == "preferred":
 		return configError("IAM authentication needs verified TLS, but the DSN has tls=%s; "+
-			"remove the tls parameter (auto TLS verifies RDS endpoints) or use tls=true",
-			cfg.TLSConfig)
+			"remove the tls parameter: auto TLS verifies RDS endpoints against the embedded "+
+			"Amazon RDS roots", cfg.TLSConfig)
 	case cfg.AllowFallbackToPlaintext:
 		return configError("IAM authentication needs verified TLS, but the config allows " +
 			"falling back to plain text; unset AllowFallbackToPlaintext")
@@ -328,13 +332,14 @@ func requireVerifiedTLS(cfg *mysql.Config, noAutoTLS bool) error {
 		return configError("IAM authentication needs verified TLS, but the TLS config skips " +
 			"verification; unset InsecureSkipVerify")
 	case cfg.TLS == nil && cfg.TLSConfig == "":
-		why := "the host is not an RDS endpoint name"
 		if noAutoTLS {
-			why = "auto TLS is off"
+			return configError("IAM authentication needs verified TLS, but auto TLS is off and " +
+				"none is configured; drop WithoutAutoTLS (rds-auto-tls=false), or set " +
+				"mysql.Config.TLS with RootCAs: rdsconn.RootCAs()")
 		}
-		return configError("IAM authentication needs verified TLS, but none is configured (%s); "+
-			"add tls=true or a registered tls= config to the DSN, or give the RDS endpoint "+
-			"with WithIAMEndpoint", why)
+		return configError("IAM authentication needs verified TLS, but the host is not an RDS " +
+			"endpoint name, so auto TLS is off; give the RDS endpoint with WithIAMEndpoint " +
+			"(rds-iam-endpoint), or set mysql.Config.TLS with RootCAs: rdsconn.RootCAs()")
 	}
 	return nil
 }

@@ -148,6 +148,8 @@ func TestAutoTLSDecision(t *testing.T) {
 		{"WithoutAutoTLS", "app:pw@tcp(" + rdsHost + ")/shop", []Option{WithoutAutoTLS()}, ""},
 		{"rds-auto-tls=false", "app:pw@tcp(" + rdsHost + ")/shop?rds-auto-tls=false", nil, ""},
 		{"tls parameter wins", "app:pw@tcp(" + rdsHost + ")/shop?tls=false", nil, ""},
+		{"tls=true on an RDS name verifies against the RDS roots",
+			"app@tcp(" + rdsHost + ")/shop?tls=true", []Option{WithIAM()}, rdsHost},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -12,7 +12,8 @@
 //
 // # Passwords
 //
-// The password of each new connection comes from the first source given:
+// The password of each new connection comes from one source; giving two
+// is a configuration error:
 //
 //  1. WithIAM or WithIAMEndpoint: an IAM token signed for the endpoint,
 //     region and user with the AWS config's credentials. A token is reused

@@ -87,5 +87,5 @@ func ExampleNew_configError() {
 	err := db.Ping()
 	fmt.Println(err)
 	// Output:
-	// rdsconn: invalid configuration: IAM authentication needs verified TLS, but the DSN has tls=skip-verify; remove the tls parameter (auto TLS verifies RDS endpoints) or use tls=true
+	// rdsconn: invalid configuration: IAM authentication needs verified TLS, but the DSN has tls=skip-verify; remove the tls parameter: auto TLS verifies RDS endpoints against the embedded Amazon RDS roots
 }

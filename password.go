@@ -231,7 +231,7 @@ func (c *cache) fetch(ctx context.Context, refused *credential) (*entry, error) 
 				c.src.describe(), err)
 		}
 		var fe *FetchError
-		if !errors.As(err, &fe) {
+		if !errors.As(err, &fe) && !errors.Is(err, ErrConfig) {
 			err = &FetchError{Source: c.src.describe(), Err: err}
 		}
 		return nil, err
