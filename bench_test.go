@@ -533,7 +533,8 @@ func BenchmarkTokenBuild(b *testing.B) {
 type burst struct {
 	elapsed time.Duration // from the start until the last Connect returned
 	builds  int64
-	secrets int // GetSecretValue calls
+	secrets int   // GetSecretValue calls
+	resumed int64 // connections that resumed a TLS session
 }
 
 // runBurst opens n connections at once with a new connector from c. With
@@ -564,7 +565,7 @@ func runBurst(tb testing.TB, t *target, c contender, n int, hold bool) burst {
 	close(start)
 	wg.Wait()
 	r := burst{elapsed: time.Since(t0), builds: cl.builds.Load(),
-		secrets: t.sm.Stats().GetSecretValue - before}
+		secrets: t.sm.Stats().GetSecretValue - before, resumed: w.resumed.Load()}
 
 	for i, c := range conns {
 		if errs[i] != nil {
@@ -580,7 +581,9 @@ func runBurst(tb testing.TB, t *target, c contender, n int, hold bool) burst {
 
 // BenchmarkBurst opens 1, 10, 100 and 1,000 connections at once on a cold
 // connector, against rdstest's endpoint with an RSA-2048 key, as RDS
-// presents. Each op is one burst: ns/op is the time until all are connected.
+// presents. Each op is one burst: ns/op is the time until all are connected,
+// resumed/conn the share of connections that resumed a TLS session made by
+// an earlier one of the same burst (only auto TLS has a session cache).
 func BenchmarkBurst(b *testing.B) {
 	t := newEndpointTarget(b, rdstest.RSA2048)
 	for _, n := range []int{1, 10, 100, 1000} {
@@ -595,6 +598,7 @@ func BenchmarkBurst(b *testing.B) {
 					total.elapsed += r.elapsed
 					total.builds += r.builds
 					total.secrets += r.secrets
+					total.resumed += r.resumed
 				}
 				cpu.report(b, b.N)
 				ops := float64(b.N)
@@ -602,6 +606,7 @@ func BenchmarkBurst(b *testing.B) {
 				b.ReportMetric(float64(total.elapsed.Nanoseconds())/ops/float64(n), "ns/caller")
 				b.ReportMetric(float64(total.builds)/ops, "builds/op")
 				b.ReportMetric(float64(total.secrets)/ops, "GetSecretValue/op")
+				b.ReportMetric(float64(total.resumed)/ops/float64(n), "resumed/conn")
 			})
 		}
 	}
@@ -778,4 +783,33 @@ func BenchmarkExpiry(b *testing.B) {
 	b.ReportMetric(sum.secrets/n, "GetSecretValue/op")
 	b.ReportMetric(sum.ahead/n, "refreshed-ahead/op")
 	b.ReportMetric(sum.late/n, "refreshed-late/op")
+}
+
+// stubConnector stands in for go-sql-driver, to leave only rdsconn's own
+// work in BenchmarkConnectOverhead.
+type stubConnector struct{ conn driver.Conn }
+
+func (s stubConnector) Connect(context.Context) (driver.Conn, error) { return s.conn, nil }
+func (stubConnector) Driver() driver.Driver                          { return Driver{} }
+
+// BenchmarkConnectOverhead is what rdsconn's Connect adds to go-sql-driver's
+// while the password is cached: the go-sql-driver connector of the cached
+// entry is replaced by a stub that returns at once.
+func BenchmarkConnectOverhead(b *testing.B) {
+	c := newOfflineIAM(b)
+	ctx := context.Background()
+	e, err := c.cache.get(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.conn = stubConnector{}
+
+	b.ReportAllocs()
+	cpu := startCPU()
+	for b.Loop() {
+		if _, err := c.Connect(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cpu.report(b, b.N)
 }
