@@ -107,7 +107,15 @@ func printEnv(w io.Writer, plan rdsconn.Plan, region, caBundle, dbName, token st
 	args := []string{"--user=" + plan.User, "--ssl-mode=" + sslMode, "--ssl-ca=" + caBundle,
 		"--enable-cleartext-plugin"}
 	fmt.Fprintf(w, "export RDSCONN_MYSQL_ARGS=%s\n", shellQuote(strings.Join(args, " ")))
-	fmt.Fprintf(w, "# Then: mysql $RDSCONN_MYSQL_ARGS %s\n", dbName)
+	// MariaDB's client names the TLS options differently and allows the
+	// clear-text plugin by default.
+	mariadb := []string{"--user=" + plan.User, "--ssl", "--ssl-ca=" + caBundle}
+	if sslMode == "VERIFY_IDENTITY" {
+		mariadb = append(mariadb, "--ssl-verify-server-cert")
+	}
+	fmt.Fprintf(w, "export RDSCONN_MARIADB_ARGS=%s\n", shellQuote(strings.Join(mariadb, " ")))
+	fmt.Fprintf(w, "# Then, with MySQL's client:   mysql $RDSCONN_MYSQL_ARGS %s\n", dbName)
+	fmt.Fprintf(w, "# or with MariaDB's client:     mariadb $RDSCONN_MARIADB_ARGS %s\n", dbName)
 }
 
 // shellQuote quotes s for a POSIX shell.

@@ -68,6 +68,8 @@ func TestTokenEnv(t *testing.T) {
 		"LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN": "Y",
 		"RDSCONN_MYSQL_ARGS": "--user=app --ssl-mode=VERIFY_IDENTITY --ssl-ca=" + f.caFile +
 			" --enable-cleartext-plugin",
+		"RDSCONN_MARIADB_ARGS": "--user=app --ssl --ssl-ca=" + f.caFile +
+			" --ssl-verify-server-cert",
 	}
 	for k, v := range want {
 		if vars[k] != v {
