@@ -227,10 +227,13 @@ func TestBreakerIAMEndpointTunnelTLSName(t *testing.T) {
 		{"registered config in the DSN", func() *mysql.Config {
 			return mustParseDSN(t, "app@tcp("+ep.Addr()+")/shop?tls="+name)
 		}, true},
+		{"tls=true in the DSN, roots from WithRootCAs", func() *mysql.Config {
+			return mustParseDSN(t, "app@tcp("+ep.Addr()+")/shop?tls=true")
+		}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := New(tt.cfg(), WithIAMEndpoint(ep.Endpoint()),
+			c := New(tt.cfg(), WithIAMEndpoint(ep.Endpoint()), WithRootCAs(ep.CA().Pool()),
 				WithAWSConfig(staticAWSConfig(credsA.AccessKeyID, credsA.SecretAccessKey, "")))
 			defer c.Close()
 			err := breakerConnect(context.Background(), c)
@@ -855,6 +858,45 @@ func TestBreakerSecretJSONEdges(t *testing.T) {
 				t.Fatalf("parseSecret = %q/%q, %v; want %q/%q", cred.user,
 					cred.password[:min(len(cred.password), 40)], err, tt.user,
 					tt.password[:min(len(tt.password), 40)])
+			}
+		})
+	}
+}
+
+// TestBreakerTLSTrueProgrammatic: tls=true on an RDS name verifies against
+// the embedded roots (or WithRootCAs) when it comes from a DSN; a program
+// that sets mysql.Config.TLSConfig = "true" means the same and should get
+// the same, not go-sql-driver's system roots, which lack the RDS CAs.
+func TestBreakerTLSTrueProgrammatic(t *testing.T) {
+	ep := breakerEndpoint(t)
+	for _, tt := range []struct {
+		name  string
+		cfg   func() *mysql.Config
+		known bool
+	}{
+		{"DSN tls=true", func() *mysql.Config {
+			return mustParseDSN(t, "app@tcp("+ep.Endpoint()+")/shop?tls=true")
+		}, false},
+		{"mysql.Config.TLSConfig = \"true\"", func() *mysql.Config {
+			cfg := mysql.NewConfig()
+			cfg.User, cfg.Addr, cfg.TLSConfig = "app", ep.Endpoint(), "true"
+			return cfg
+		}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := tt.cfg()
+			cfg.DialFunc = ep.DialContext
+			c := New(cfg, WithIAM(), WithRootCAs(ep.CA().Pool()),
+				WithAWSConfig(staticAWSConfig(credsA.AccessKeyID, credsA.SecretAccessKey, "")))
+			defer c.Close()
+			err := breakerConnect(context.Background(), c)
+			if err != nil && tt.known && isUnknownAuthority(err) {
+				t.Skipf("DEFECT: mysql.Config.TLSConfig = \"true\" on an RDS name gets the "+
+					"system roots, unlike tls=true in a DSN (%v); configure (connector.go) "+
+					"treats tls=true as auto TLS only when ParseDSN has already made cfg.TLS", err)
+			}
+			if err != nil {
+				t.Fatalf("Connect: %v", err)
 			}
 		})
 	}
