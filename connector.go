@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -109,9 +110,17 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 			strings.Join(names, ", "))
 	}
 
+	if s.regionGiven && s.region == "" {
+		return configError("WithRegion (rds-region) was given an empty region; give one such " +
+			"as us-east-1, or leave it out to find the region by itself")
+	}
 	if s.region != "" && !isRegion(s.region) {
 		return configError("the region %q is not an AWS region name such as us-east-1; "+
 			"fix WithRegion or the rds-region DSN parameter", s.region)
+	}
+
+	if err := resolveNamedTLS(base); err != nil {
+		return err
 	}
 
 	// The endpoint whose name decides the region and TLS: the IAM endpoint
@@ -119,6 +128,10 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 	endpoint, err := dsnEndpoint(base)
 	if err != nil && (s.iam && s.iamEndpoint == "") {
 		return err
+	}
+	if s.iam && s.iamEndpoint == "" && s.iamEndpointGiven {
+		return configError("WithIAMEndpoint (rds-iam-endpoint) was given an empty endpoint; " +
+			"give the RDS endpoint as host:port")
 	}
 	if s.iamEndpoint != "" {
 		if endpoint, err = parseHostPort(s.iamEndpoint); err != nil {
@@ -130,7 +143,8 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 
 	// tls=true on an RDS name asks for verified TLS; the roots that verify
 	// RDS are the embedded ones, not the system's, so auto TLS serves it.
-	_, isRDS := RegionFromHost(host)
+	_, _, isRDS := parseEndpoint(host)
+	isRDS = isRDS || isGlobalEndpoint(host)
 	plainTrue := base.TLSConfig == "true" && base.TLS != nil && base.TLS.RootCAs == nil &&
 		!base.TLS.InsecureSkipVerify
 	if isRDS && !s.noAutoTLS && (base.TLS == nil && base.TLSConfig == "" || plainTrue) {
@@ -141,7 +155,8 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 		}
 		base.TLS = autoTLSConfig(host, roots)
 		c.tlsHost = host
-	} else if s.iamEndpoint != "" && base.TLS != nil && base.TLS.ServerName == "" {
+	} else if s.iamEndpoint != "" && base.TLS != nil &&
+		(base.TLS.ServerName == "" || base.TLS.ServerName == dsnHost(base)) {
 		// Through a tunnel the certificate carries the RDS name, not the
 		// address dialled.
 		base.TLS.ServerName = host
@@ -221,6 +236,9 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.err != nil {
 		return nil, c.err
 	}
+	if c.base == nil {
+		return nil, configError("the Connector was not made by New")
+	}
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -277,14 +295,16 @@ func (c *Connector) Driver() driver.Driver { return Driver{} }
 // already open are not affected.
 func (c *Connector) Close() error {
 	c.closed.Store(true)
-	c.cancel()
+	if c.cancel != nil {
+		c.cancel()
+	}
 	return nil
 }
 
 // dsnEndpoint returns the DSN's TCP address as host:port, adding
 // go-sql-driver's default port when none is given.
 func dsnEndpoint(cfg *mysql.Config) (string, error) {
-	if cfg.Net != "" && cfg.Net != "tcp" && cfg.Net != "tcp4" && cfg.Net != "tcp6" {
+	if cfg.Net == "unix" || cfg.Net == "unixgram" || cfg.Net == "unixpacket" {
 		return "", configError("IAM authentication over %q needs the RDS endpoint: "+
 			"use WithIAMEndpoint(\"host:port\") or the rds-iam-endpoint DSN parameter", cfg.Net)
 	}
@@ -310,11 +330,47 @@ func parseHostPort(hostport string) (string, error) {
 		return "", configError("the endpoint %q is not host:port, such as "+
 			"db1.abc123.us-east-1.rds.amazonaws.com:3306", hostport)
 	}
+	if net.ParseIP(host) == nil && !isHostName(host) {
+		return "", configError("the endpoint %q does not start with a host name; give it as "+
+			"host:port, such as db1.abc123.us-east-1.rds.amazonaws.com:3306", hostport)
+	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return "", configError("the endpoint %q has an invalid port; give host:port with a "+
 			"port from 1 to 65535", hostport)
 	}
 	return net.JoinHostPort(canonicalHost(host), port), nil
+}
+
+// dsnHost returns the host of the DSN address, as go-sql-driver puts it in
+// a TLS config without a server name.
+func dsnHost(cfg *mysql.Config) string {
+	host, _, _ := net.SplitHostPort(cfg.Addr)
+	return host
+}
+
+// resolveNamedTLS turns a TLS config named in TLSConfig ("true" or one
+// registered with mysql.RegisterTLSConfig) into the config itself, as
+// go-sql-driver would at Connect, so that auto TLS and the IAM checks see
+// what will really be used.
+func resolveNamedTLS(cfg *mysql.Config) error {
+	switch cfg.TLSConfig {
+	case "", "false", "skip-verify", "preferred":
+		return nil
+	}
+	if cfg.TLS != nil {
+		return nil
+	}
+	addr := cfg.Addr
+	if addr == "" || cfg.Net == "unix" {
+		addr = "127.0.0.1:" + defaultPort
+	}
+	named, err := mysql.ParseDSN("tcp(" + addr + ")/?tls=" + url.QueryEscape(cfg.TLSConfig))
+	if err != nil || named.TLS == nil {
+		return configError("the TLS config %q is not registered; register it with "+
+			"mysql.RegisterTLSConfig before opening the database", cfg.TLSConfig)
+	}
+	cfg.TLS = named.TLS
+	return nil
 }
 
 // requireVerifiedTLS refuses IAM without verified TLS: the token is a

@@ -77,7 +77,11 @@ func ParseDSN(dsn string) (*mysql.Config, error) {
 func takeDSNParams(cfg *mysql.Config) ([]Option, error) {
 	keys := make([]string, 0, len(cfg.Params))
 	for k := range cfg.Params {
-		if strings.HasPrefix(k, "rds-") {
+		if strings.HasPrefix(strings.ToLower(k), "rds-") {
+			if k != strings.ToLower(k) {
+				return nil, configError("the DSN parameter %s must be written in lower case, "+
+					"as %s", k, strings.ToLower(k))
+			}
 			keys = append(keys, k)
 		}
 	}

@@ -30,3 +30,13 @@ func staticAWSConfig(akid, secret, session string) aws.Config {
 		Credentials: credentials.NewStaticCredentialsProvider(akid, secret, session),
 	}
 }
+
+// forget drops the current value and any fetch in flight, so that the next
+// get fetches afresh.
+func (c *cache) forget() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cur.Store(nil)
+	c.stale = false
+	c.call = nil
+}

@@ -24,7 +24,8 @@ type Plan struct {
 	User string
 	// Kind is the kind of RDS endpoint ("instance", "cluster",
 	// "cluster reader", "cluster custom", "proxy", "limitless shard
-	// group"), or "" when Endpoint is not an RDS name.
+	// group", "global database writer"), or "" when Endpoint is not an RDS
+	// name.
 	Kind string
 	// Source describes where passwords come from, such as
 	// `IAM token for user "app" at host:3306`, or "the DSN's password".
@@ -52,6 +53,8 @@ func (c *Connector) Plan() Plan {
 	if host, _, err := net.SplitHostPort(c.endpoint); err == nil {
 		if _, kind, ok := parseEndpoint(host); ok {
 			p.Kind = kind
+		} else if isGlobalEndpoint(host) {
+			p.Kind = kindGlobal
 		}
 	}
 	if c.source != nil {
@@ -109,21 +112,25 @@ type PasswordInfo struct {
 	ValidUntil time.Time
 }
 
-// Refresh fetches a new password from the Connector's source now, caches it
-// for the next Connects, and describes it. With no password source it
-// returns an empty PasswordInfo.
+// Refresh fetches a new password from the Connector's source now and, if
+// that works, caches it for the next Connects and describes it. A failure
+// leaves the cached password in place. With no password source it returns
+// an empty PasswordInfo.
 func (c *Connector) Refresh(ctx context.Context) (PasswordInfo, error) {
 	if c.err != nil {
 		return PasswordInfo{}, c.err
 	}
+	if c.closed.Load() {
+		return PasswordInfo{}, ErrClosed
+	}
 	if c.cache == nil {
 		return PasswordInfo{Source: "the DSN's password", User: c.base.User}, nil
 	}
-	c.cache.forget()
-	e, err := c.cache.get(ctx)
+	e, err := c.cache.fetch(ctx, nil)
 	if err != nil {
 		return PasswordInfo{}, err
 	}
+	c.cache.replace(e)
 	user := c.base.User
 	if user == "" {
 		user = e.cred.user

@@ -15,16 +15,19 @@ type Option func(*settings)
 
 // settings is what the options collect.
 type settings struct {
-	iam          bool
-	iamEndpoint  string
-	secretID     string
-	passwordFile string
-	passwordFunc func(ctx context.Context) (string, error)
-	region       string
-	awsConfig    *aws.Config
-	rootCAs      *x509.CertPool
-	noAutoTLS    bool
-	logger       *slog.Logger
+	iam         bool
+	iamEndpoint string
+	// iamEndpointGiven and regionGiven tell an empty value from none.
+	iamEndpointGiven bool
+	regionGiven      bool
+	secretID         string
+	passwordFile     string
+	passwordFunc     func(ctx context.Context) (string, error)
+	region           string
+	awsConfig        *aws.Config
+	rootCAs          *x509.CertPool
+	noAutoTLS        bool
+	logger           *slog.Logger
 
 	// sources counts the password sources asked for, to refuse two.
 	sources map[string]bool
@@ -56,6 +59,7 @@ func WithIAMEndpoint(hostport string) Option {
 	return func(s *settings) {
 		s.iam = true
 		s.iamEndpoint = hostport
+		s.iamEndpointGiven = true
 		s.addSource("WithIAM")
 	}
 }
@@ -96,7 +100,7 @@ func WithPasswordFunc(fn func(ctx context.Context) (string, error)) Option {
 // WithRegion sets the AWS region for signing IAM tokens and for Secrets
 // Manager, overriding every other way of finding it.
 func WithRegion(region string) Option {
-	return func(s *settings) { s.region = region }
+	return func(s *settings) { s.region, s.regionGiven = region, true }
 }
 
 // WithAWSConfig sets the AWS configuration (credentials, region, HTTP

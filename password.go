@@ -19,6 +19,9 @@ const (
 	fileTTL = time.Minute
 	funcTTL = 5 * time.Minute
 
+	// maxPasswordFile is the largest password file read.
+	maxPasswordFile = 64 << 10
+
 	// backgroundTimeout bounds a refresh that no caller waits for.
 	backgroundTimeout = time.Minute
 	// staleRetry is how long a stale value is served after a failed refresh
@@ -119,7 +122,7 @@ func (c *cache) get(ctx context.Context) (*entry, error) {
 func (c *cache) getSlow(ctx context.Context, now int64) (*entry, error) {
 	c.mu.Lock()
 	e := c.cur.Load()
-	if e != nil && (now < e.expires || c.stale) {
+	if e != nil && (now < e.expires || c.stale && !e.cred.dies) {
 		// Still usable: hand it out and refresh ahead in the background, so
 		// that no caller waits for a fetch while a value is good.
 		if c.call == nil && now >= c.nextRetry {
@@ -269,14 +272,16 @@ func (c *cache) finish(call *fetchCall, e *entry, err error) {
 	}
 
 	old := c.cur.Load()
-	if old == nil {
+	now := c.now().UnixNano()
+	if old == nil || old.cred.dies && now >= old.expires {
+		// Nothing to fall back on: a token past its reuse window is dead.
 		call.err = err
 		return
 	}
 	// Stale if error: the old value has not been refused by the server, so
 	// keep using it until it is, and try again a little later.
-	c.nextRetry = c.now().Add(staleRetry).UnixNano()
-	if c.now().UnixNano() >= old.expires {
+	c.nextRetry = now + int64(staleRetry)
+	if now >= old.expires {
 		c.stale = true
 	}
 	c.log.Warn("rdsconn: refreshing the password failed; still using the current one",
@@ -302,14 +307,15 @@ func (c *cache) renew(ctx context.Context, refused *entry) (*entry, error) {
 	return c.get(ctx)
 }
 
-// forget drops the current value and any fetch in flight, so that the next
-// get fetches afresh.
-func (c *cache) forget() {
+// replace makes e the current value, as after a successful fetch. A fetch
+// in flight is left to its waiters but will not overwrite e.
+func (c *cache) replace(e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.cur.Store(nil)
-	c.stale = false
-	c.call = nil
+	c.gen++
+	e.gen = c.gen
+	c.cur.Store(e)
+	c.stale, c.nextRetry, c.refused, c.call = false, 0, nil, nil
 }
 
 // drop forgets e if it is still the current value, after the server refused
@@ -320,6 +326,7 @@ func (c *cache) drop(e *entry) {
 	if c.cur.Load() == e {
 		c.cur.Store(nil)
 		c.stale = false
+		c.call = nil
 		c.refused = &e.cred
 	}
 }
@@ -330,11 +337,23 @@ type fileSource struct{ path string }
 func (s fileSource) describe() string { return fmt.Sprintf("password file %q", s.path) }
 
 func (s fileSource) fetch(_ context.Context, now time.Time) (credential, error) {
+	// Only a regular file (after symbolic links, as Kubernetes swaps them):
+	// a FIFO or a device could block or never end.
+	info, err := os.Stat(s.path)
+	if err != nil {
+		return credential{}, err
+	}
+	if !info.Mode().IsRegular() {
+		return credential{}, errors.New("not a regular file")
+	}
+	if info.Size() > maxPasswordFile {
+		return credential{}, fmt.Errorf("the file is larger than %d bytes", maxPasswordFile)
+	}
 	b, err := os.ReadFile(s.path)
 	if err != nil {
 		return credential{}, err
 	}
-	pw := strings.TrimSpace(string(b))
+	pw := strings.TrimSpace(strings.TrimPrefix(string(b), "\ufeff"))
 	if pw == "" {
 		return credential{}, errors.New("the file is empty")
 	}

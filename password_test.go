@@ -246,11 +246,11 @@ func TestCacheGeneration(t *testing.T) {
 	}
 }
 
-// TestCacheStaleIfError: when a refresh fails, the current value is kept
-// (also past its expiry) until it is refused.
+// TestCacheStaleIfError: when a refresh fails, a value that does not die
+// (a secret) is kept, also past its expiry, until it is refused.
 func TestCacheStaleIfError(t *testing.T) {
 	clock := newFakeClock("12:00:00")
-	src := &countingSource{ttl: time.Hour}
+	src := &countingSource{ttl: time.Hour, lasting: true}
 	c := newTestCache(t, src, clock)
 	first, _ := c.get(context.Background())
 
@@ -430,5 +430,22 @@ func TestCacheLastingValuePastExpiry(t *testing.T) {
 	waitIdle(t, c)
 	if got := mustGet(t, c); got == first {
 		t.Fatal("the background refresh did not replace the value")
+	}
+}
+
+// TestCacheDeadValueNotStale: a value that dies at expiry (an IAM token) is
+// never handed out past it, even when its refresh fails.
+func TestCacheDeadValueNotStale(t *testing.T) {
+	clock := newFakeClock("12:00:00")
+	src := &countingSource{ttl: 10 * time.Minute}
+	c := newTestCache(t, src, clock)
+	mustGet(t, c)
+	boom := errors.New("credentials unavailable")
+	src.failWith(boom)
+	clock.Set("12:10:01")
+	for range 3 {
+		if e, err := c.get(context.Background()); !errors.Is(err, boom) {
+			t.Fatalf("past expiry with a failing refresh got %v, %v; want the error", e, err)
+		}
 	}
 }

@@ -37,6 +37,7 @@ const (
 	kindCustom   = "cluster custom"
 	kindProxy    = "proxy"
 	kindShard    = "limitless shard group"
+	kindGlobal   = "global database writer"
 )
 
 // RegionFromHost returns the AWS region named in an RDS or Aurora endpoint
@@ -82,12 +83,41 @@ func parseEndpoint(host string) (region, kind string, ok bool) {
 	default:
 		return "", "", false
 	}
-	for _, l := range labels[:n-2] {
-		if l == "" {
-			return "", "", false
-		}
+	if !isHostName(host) {
+		return "", "", false
 	}
 	return region, endpointKind(labels[n-3]), true
+}
+
+// isGlobalEndpoint reports whether host is an Aurora global database writer
+// endpoint, "<name>.global-<id>.global.rds.amazonaws.com", which names no
+// region: the region then comes from the options, the AWS config or the
+// instance.
+func isGlobalEndpoint(host string) bool {
+	host = canonicalHost(host)
+	rest, ok := strings.CutSuffix(host, ".global.rds.amazonaws.com")
+	labels := strings.Split(rest, ".")
+	return ok && isHostName(host) && len(labels) == 2 && strings.HasPrefix(labels[1], "global-")
+}
+
+// isHostName reports whether host is a DNS name: dot-separated labels of
+// letters, digits, hyphens and underscores, none empty or over 63 bytes.
+func isHostName(host string) bool {
+	if host == "" || len(host) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(strings.TrimSuffix(host, "."), ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
+				r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // canonicalHost lower-cases a host name and drops a trailing dot and port.

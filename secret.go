@@ -48,12 +48,25 @@ func parseSecretID(id string) (region string, err error) {
 	if id == "" {
 		return "", configError("WithSecret was given an empty secret id; give the secret's name or ARN")
 	}
+	// Never quote an id that is not a name: it may be the secret's value,
+	// put by mistake where its name belongs.
 	if !strings.HasPrefix(id, "arn:") {
+		if !isSecretName(id) {
+			return "", configError("WithSecret (rds-secret) was given something that is not a " +
+				"secret name or ARN (names hold letters, digits and /_+=.@-); was it the " +
+				"secret's value? Give the name or ARN")
+		}
 		return "", nil
 	}
 	a, err := arn.Parse(id)
-	if err != nil || a.Service != "secretsmanager" || a.Region == "" ||
-		!strings.HasPrefix(a.Resource, "secret:") || len(a.Resource) == len("secret:") {
+	name, isSecret := strings.CutPrefix(a.Resource, "secret:")
+	if err != nil || a.Service != "secretsmanager" || !isRegion(a.Region) || !isSecret ||
+		!isSecretName(name) {
+		if !isSecretName(strings.ReplaceAll(id, ":", "")) {
+			return "", configError("the secret id is not a Secrets Manager secret ARN " +
+				"(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME); give a valid ARN or " +
+				"the secret's name")
+		}
 		return "", configError("the secret id %q is not a Secrets Manager secret ARN "+
 			"(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME); give a valid ARN or the "+
 			"secret's name", id)
@@ -133,6 +146,21 @@ func (s *secretSource) fetchStage(ctx context.Context, stage string) (credential
 	s.log.Info("rdsconn: secret fetched", "secret", s.id, "stage", stage,
 		"version_id", cred.version)
 	return cred, nil
+}
+
+// isSecretName reports whether id can be a Secrets Manager secret name:
+// 1 to 512 letters, digits and /_+=.@- characters.
+func isSecretName(id string) bool {
+	if id == "" || len(id) > 512 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
+			strings.ContainsRune("/_+=.@-", r)) {
+			return false
+		}
+	}
+	return true
 }
 
 // clientFor makes the Secrets Manager client once, in the secret's region.
