@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -18,15 +17,34 @@ type awsState struct {
 	regions *regionFinder
 	log     *slog.Logger
 
-	mu       sync.Mutex
+	mu       ctxMutex // guards the fields below
 	cfg      *aws.Config
 	endpoint *regionSource // region for the database endpoint, once found
 }
 
+// ctxMutex is a mutex whose waiters give up when their context ends, for
+// locks held across a config load or an instance-metadata probe. Make it
+// with make(ctxMutex, 1).
+type ctxMutex chan struct{}
+
+// lock takes the mutex, or returns the context's error.
+func (m ctxMutex) lock(ctx context.Context) error {
+	select {
+	case m <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("rdsconn: waiting for the AWS config or region: %w", ctx.Err())
+	}
+}
+
+func (m ctxMutex) unlock() { <-m }
+
 // config returns the AWS config, loading the default one the first time.
 func (a *awsState) config(ctx context.Context) (aws.Config, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	if err := a.mu.lock(ctx); err != nil {
+		return aws.Config{}, err
+	}
+	defer a.mu.unlock()
 	return a.configLocked(ctx)
 }
 
@@ -61,8 +79,10 @@ func (a *awsState) forEndpoint(ctx context.Context) (aws.Config, string, error) 
 
 // forEndpointSource is forEndpoint that also says where the region came from.
 func (a *awsState) forEndpointSource(ctx context.Context) (aws.Config, regionSource, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	if err := a.mu.lock(ctx); err != nil {
+		return aws.Config{}, regionSource{}, err
+	}
+	defer a.mu.unlock()
 	cfg, err := a.configLocked(ctx)
 	if err != nil {
 		return aws.Config{}, regionSource{}, err

@@ -70,17 +70,6 @@ func breakerEndpoint(t *testing.T) *rdstest.IAMEndpoint {
 	return ep
 }
 
-// breakerToken is a valid IAM token for ep, signed now with credsA.
-func breakerToken(t *testing.T, ep *rdstest.IAMEndpoint) string {
-	t.Helper()
-	tok, err := rdstest.TokenAt(context.Background(), ep.Endpoint(), ep.Region(), "app",
-		credsA, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
 func breakerConnect(ctx context.Context, c *Connector) error {
 	conn, err := c.Connect(ctx)
 	if err == nil {

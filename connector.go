@@ -2,6 +2,7 @@ package rdsconn
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -164,8 +165,9 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 
 	c.aws = &awsState{
 		given:   s.awsConfig,
-		regions: &regionFinder{option: s.region, endpoint: endpoint},
+		regions: &regionFinder{option: s.region, endpoint: endpoint, mu: make(ctxMutex, 1)},
 		log:     c.log,
+		mu:      make(ctxMutex, 1),
 	}
 	switch {
 	case s.iam:
@@ -177,6 +179,9 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 				"(user@tcp(host:port)/db) or mysql.Config.User")
 		}
 		base.AllowCleartextPasswords = true
+		if base.TLS != nil && base.TLS.MinVersion < tls.VersionTLS12 {
+			base.TLS.MinVersion = tls.VersionTLS12 // our copy: a token needs no older TLS
+		}
 		c.source = &iamSource{endpoint: endpoint, user: base.User, build: s.buildToken,
 			aws: c.aws, log: c.log}
 	case s.sources["WithSecret"]:
@@ -184,7 +189,8 @@ func (c *Connector) configure(base *mysql.Config, s *settings, closing context.C
 		if err != nil {
 			return err
 		}
-		c.source = &secretSource{id: s.secretID, arnRegion: arnRegion, aws: c.aws, log: c.log}
+		c.source = &secretSource{id: s.secretID, arnRegion: arnRegion, aws: c.aws, log: c.log,
+			mu: make(ctxMutex, 1)}
 	case s.sources["WithPasswordFile"]:
 		if s.passwordFile == "" {
 			return configError("WithPasswordFile was given an empty path")
@@ -334,9 +340,10 @@ func parseHostPort(hostport string) (string, error) {
 		return "", configError("the endpoint %q does not start with a host name; give it as "+
 			"host:port, such as db1.abc123.us-east-1.rds.amazonaws.com:3306", hostport)
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
 		return "", configError("the endpoint %q has an invalid port; give host:port with a "+
-			"port from 1 to 65535", hostport)
+			"port from 1 to 65535 in plain digits", hostport)
 	}
 	return net.JoinHostPort(canonicalHost(host), port), nil
 }

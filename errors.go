@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/aws/smithy-go"
 	"github.com/go-sql-driver/mysql"
 )
 
@@ -52,10 +53,24 @@ func (e *FetchError) Error() string {
 func (e *FetchError) Unwrap() error { return e.Err }
 
 // Temporary reports whether trying again later can help: true for
-// throttling, server and network faults; false for a configuration mistake
-// or an unusable secret value.
+// throttling, server and network faults; false for a configuration mistake,
+// an unusable secret value, and AWS answers that only a change of secret,
+// key or permission fixes (not found, decryption failure, access denied,
+// invalid or expired credentials).
 func (e *FetchError) Temporary() bool {
-	return !errors.Is(e.Err, ErrConfig) && !errors.Is(e.Err, ErrSecretFormat)
+	if errors.Is(e.Err, ErrConfig) || errors.Is(e.Err, ErrSecretFormat) {
+		return false
+	}
+	var api smithy.APIError
+	if errors.As(e.Err, &api) {
+		switch api.ErrorCode() {
+		case "ResourceNotFoundException", "DecryptionFailure", "AccessDeniedException",
+			"InvalidParameterException", "InvalidRequestException", "UnrecognizedClientException",
+			"InvalidSignatureException", "ExpiredTokenException":
+			return false
+		}
+	}
+	return true
 }
 
 // AccessDeniedError is returned when the server refused a password that was

@@ -122,6 +122,10 @@ func (c *cache) get(ctx context.Context) (*entry, error) {
 func (c *cache) getSlow(ctx context.Context, now int64) (*entry, error) {
 	c.mu.Lock()
 	e := c.cur.Load()
+	if e != nil && now < e.refreshAt {
+		c.mu.Unlock() // filled in since the fast path looked
+		return e, nil
+	}
 	if e != nil && (now < e.expires || c.stale && !e.cred.dies) {
 		// Still usable: hand it out and refresh ahead in the background, so
 		// that no caller waits for a fetch while a value is good.

@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -184,10 +183,10 @@ type regionFinder struct {
 	option   string // WithRegion
 	endpoint string // host of the RDS endpoint (WithIAMEndpoint or the DSN)
 
-	probeOnce sync.Mutex
-	probed    bool
-	probe     regionSource
-	probeErr  error
+	mu       ctxMutex // guards the probe's outcome
+	probed   bool
+	probe    regionSource
+	probeErr error
 }
 
 // find returns the region for the endpoint, or for the Secrets Manager
@@ -212,8 +211,10 @@ func (f *regionFinder) find(ctx context.Context, cfg aws.Config, arnRegion strin
 // connector, within imdsTimeout and without retries. A probe cut short by
 // the caller's context is not remembered, so a later caller may probe again.
 func (f *regionFinder) fromInstanceMetadata(ctx context.Context, cfg aws.Config) (regionSource, error) {
-	f.probeOnce.Lock()
-	defer f.probeOnce.Unlock()
+	if err := f.mu.lock(ctx); err != nil {
+		return regionSource{}, err
+	}
+	defer f.mu.unlock()
 	if f.probed {
 		return f.probe, f.probeErr
 	}

@@ -87,7 +87,7 @@ func TestRegionOrder(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := &regionFinder{option: tt.option, endpoint: tt.endpoint}
+			f := &regionFinder{option: tt.option, endpoint: tt.endpoint, mu: make(ctxMutex, 1)}
 			got, err := f.find(context.Background(), aws.Config{Region: tt.cfgRegion}, tt.arn)
 			if err != nil || got.region != tt.want {
 				t.Fatalf("find = %q, %v; want %q", got.region, err, tt.want)
@@ -149,7 +149,7 @@ func TestRegionFromInstanceMetadata(t *testing.T) {
 			srv, calls := fakeIMDS(t, tt.mode)
 			t.Setenv("AWS_EC2_METADATA_DISABLED", "false")
 			t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", srv.URL)
-			f := &regionFinder{endpoint: tt.endpoint}
+			f := &regionFinder{endpoint: tt.endpoint, mu: make(ctxMutex, 1)}
 			for i := range 3 {
 				start := time.Now()
 				got, err := f.find(context.Background(), aws.Config{}, "")
@@ -179,7 +179,7 @@ func TestRegionProbeHonoursContext(t *testing.T) {
 	srv, _ := fakeIMDS(t, "hang")
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "false")
 	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", srv.URL)
-	f := &regionFinder{endpoint: "10.0.0.5:3306"}
+	f := &regionFinder{endpoint: "10.0.0.5:3306", mu: make(ctxMutex, 1)}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -196,7 +196,7 @@ func TestRegionMetadataDisabled(t *testing.T) {
 	srv, calls := fakeIMDS(t, "ok")
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", srv.URL)
-	f := &regionFinder{endpoint: "10.0.0.5:3306"}
+	f := &regionFinder{endpoint: "10.0.0.5:3306", mu: make(ctxMutex, 1)}
 	if _, err := f.find(context.Background(), aws.Config{}, ""); !errorIsConfig(err) {
 		t.Fatalf("err = %v, want a configuration error", err)
 	}

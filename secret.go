@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -39,7 +38,7 @@ type secretSource struct {
 	aws       *awsState
 	log       *slog.Logger
 
-	mu     sync.Mutex
+	mu     ctxMutex // guards client
 	client *secretsmanager.Client
 }
 
@@ -165,8 +164,10 @@ func isSecretName(id string) bool {
 
 // clientFor makes the Secrets Manager client once, in the secret's region.
 func (s *secretSource) clientFor(ctx context.Context) (*secretsmanager.Client, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	if err := s.mu.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.unlock()
 	if s.client != nil {
 		return s.client, nil
 	}

@@ -27,11 +27,13 @@ func newSecretSource(t *testing.T, sm *rdstest.SecretsManager, id, option, endpo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &secretSource{id: id, arnRegion: arnRegion, log: log, aws: &awsState{
-		given:   &cfg,
-		regions: &regionFinder{option: option, endpoint: endpoint},
-		log:     log,
-	}}
+	return &secretSource{id: id, arnRegion: arnRegion, log: log, mu: make(ctxMutex, 1),
+		aws: &awsState{
+			given:   &cfg,
+			regions: &regionFinder{option: option, endpoint: endpoint, mu: make(ctxMutex, 1)},
+			log:     log,
+			mu:      make(ctxMutex, 1),
+		}}
 }
 
 // TestSecretSourceThroughSDK drives the secret source through the real
