@@ -1,7 +1,9 @@
 package rdsconn
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/rdsconn/rdsconn/rdstest"
 )
@@ -34,5 +36,50 @@ func TestBurstCallCounts(t *testing.T) {
 					"calls; want %d and %d", callers, r.builds, r.secrets, tt.builds, tt.secrets)
 			}
 		})
+	}
+}
+
+// TestLateArrivalStartsNoSecondFetch covers a caller that found nothing
+// cached, and then took the cache's lock only after the fetch it should have
+// shared had finished: it must use that fetch's value and start no refresh
+// of it. The test holds the lock so that the fetch's finish queues on it
+// before the late caller does. If the scheduler orders them otherwise, the
+// late caller simply joins the fetch and the test passes without checking.
+func TestLateArrivalStartsNoSecondFetch(t *testing.T) {
+	target := newEndpointTarget(t, rdstest.ECDSAP256)
+	n := &calls{holdFor: 1} // the build waits until entered reaches 1
+	c := contenderNamed("rdsconn-iam").make_(t, target, &tlsWatch{}, n).(*Connector)
+	ctx := context.Background()
+	connect := func() <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			conn, err := c.Connect(ctx)
+			if err == nil {
+				conn.Close()
+			}
+			done <- err
+		}()
+		return done
+	}
+
+	first := connect()
+	for n.builds.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	c.cache.mu.Lock()
+	n.entered.Add(1)                   // the build goes on, and its finish queues on the lock
+	time.Sleep(100 * time.Millisecond) // the build, the connector, the queueing
+	late := connect()                  // finds nothing cached and queues behind the finish
+	time.Sleep(100 * time.Millisecond)
+	c.cache.mu.Unlock()
+
+	for _, done := range []<-chan error{first, late} {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // time for a refresh that should not start
+	if got := n.builds.Load(); got != 1 {
+		t.Errorf("two Connects on a cold connector made %d token builds, want 1", got)
 	}
 }
