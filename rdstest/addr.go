@@ -3,6 +3,7 @@ package rdstest
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 )
@@ -28,30 +29,26 @@ func RefusingAddr() (string, error) {
 // that a test can check a client's timeouts. All its methods are safe for
 // concurrent use.
 type SilentListener struct {
-	listener net.Listener
-	done     sync.WaitGroup
+	server *loopbackServer
 
 	mu       sync.Mutex
-	closed   bool
-	conns    []net.Conn
 	accepted int
 }
 
 // NewSilentListener starts a SilentListener on 127.0.0.1 at a free port.
 // The caller must Close it.
 func NewSilentListener() (*SilentListener, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	s := &SilentListener{}
+	var err error
+	s.server, err = listenLoopback(s.hold)
 	if err != nil {
-		return nil, fmt.Errorf("rdstest: listening on loopback: %w", err)
+		return nil, err
 	}
-	s := &SilentListener{listener: l}
-	s.done.Add(1)
-	go s.acceptLoop()
 	return s, nil
 }
 
 // Addr returns the loopback address the listener accepts on.
-func (s *SilentListener) Addr() string { return s.listener.Addr().String() }
+func (s *SilentListener) Addr() string { return s.server.addr() }
 
 // Accepted returns how many connections the listener has accepted.
 func (s *SilentListener) Accepted() int {
@@ -61,8 +58,48 @@ func (s *SilentListener) Accepted() int {
 }
 
 // Close stops accepting, closes every connection held and waits for the
-// listener's goroutine to end.
-func (s *SilentListener) Close() error {
+// listener's goroutines to end.
+func (s *SilentListener) Close() error { return s.server.close() }
+
+// hold counts a connection and keeps it open, reading what the client sends
+// and answering nothing, until the client or Close ends it.
+func (s *SilentListener) hold(conn net.Conn) {
+	s.mu.Lock()
+	s.accepted++
+	s.mu.Unlock()
+	_, _ = io.Copy(io.Discard, conn)
+}
+
+// loopbackServer accepts TCP connections on 127.0.0.1 and serves each in a
+// goroutine of its own. Its close stops accepting, closes every connection
+// still open and waits for every goroutine, so that a test leaks none.
+type loopbackServer struct {
+	listener   net.Listener
+	serve      func(net.Conn) // the connection is closed when it returns
+	goroutines sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[net.Conn]struct{}
+}
+
+// listenLoopback starts a loopbackServer at a free port. Loopback only:
+// what rdstest starts is for tests and must not be reachable from outside.
+func listenLoopback(serve func(net.Conn)) (*loopbackServer, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("rdstest: listening on loopback: %w", err)
+	}
+	s := &loopbackServer{listener: l, serve: serve, conns: make(map[net.Conn]struct{})}
+	s.goroutines.Add(1)
+	go s.acceptLoop()
+	return s, nil
+}
+
+func (s *loopbackServer) addr() string { return s.listener.Addr().String() }
+
+// close is safe to call more than once.
+func (s *loopbackServer) close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -70,18 +107,17 @@ func (s *SilentListener) Close() error {
 	}
 	s.closed = true
 	err := s.listener.Close()
-	for _, c := range s.conns {
+	for c := range s.conns {
 		c.Close()
 	}
-	s.conns = nil
 	s.mu.Unlock()
 
-	s.done.Wait()
+	s.goroutines.Wait()
 	return err
 }
 
-func (s *SilentListener) acceptLoop() {
-	defer s.done.Done()
+func (s *loopbackServer) acceptLoop() {
+	defer s.goroutines.Done()
 	for {
 		conn, err := s.listener.Accept()
 		if err != nil {
@@ -90,13 +126,27 @@ func (s *SilentListener) acceptLoop() {
 			}
 			continue
 		}
+
 		s.mu.Lock()
 		if s.closed {
+			s.mu.Unlock()
 			conn.Close()
-		} else {
-			s.conns = append(s.conns, conn)
-			s.accepted++
+			return
 		}
+		s.conns[conn] = struct{}{}
+		s.goroutines.Add(1)
 		s.mu.Unlock()
+		go s.serveConn(conn)
 	}
+}
+
+func (s *loopbackServer) serveConn(conn net.Conn) {
+	defer s.goroutines.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, conn)
+		s.mu.Unlock()
+		conn.Close()
+	}()
+	s.serve(conn)
 }
