@@ -39,6 +39,19 @@
 // RevokeCredentials and RemoveUser change what the endpoint trusts while it
 // runs. Stats never holds a token, only its TokenFacts.
 //
+// # The password endpoint
+//
+// NewPasswordEndpoint starts a MySQL server that checks user names and
+// passwords with mysql_native_password, for code that logs in with a
+// password from AWS Secrets Manager. SetPassword changes a password as a
+// rotation's ALTER USER does: from then on the old one is refused with
+// error 1045, which is what a program meets in the middle of a rotation.
+// With RequireTLS it also refuses logins without TLS, as
+// require_secure_transport=ON does. Stats counts logins and refusals by
+// Reason and never holds a password. Both endpoints share Addr, Endpoint,
+// CA, ClientTLSConfig, DialContext, FailLogins and Close, and answer the
+// same queries.
+//
 // # AWS fakes
 //
 // NewSecretsManager serves GetSecretValue with versions and the AWSCURRENT,
@@ -55,10 +68,12 @@
 //
 // # Limits
 //
-// The IAM endpoint answers only a handful of queries (SELECT 1,
+// The endpoints answer only a handful of queries (SELECT 1,
 // CURRENT_USER(), VERSION(), @@version, @@max_allowed_packet, SHOW STATUS
-// LIKE 'Ssl_version' or 'Ssl_cipher', SET, transactions and ping); it has
-// no tables. It reports Ssl_cipher with Go's IANA suite names, where MySQL
-// shows OpenSSL's names for TLS 1.2 suites. The Secrets Manager fake serves
-// only GetSecretValue, and only string secrets.
+// LIKE 'Ssl_version' or 'Ssl_cipher', SET, transactions and ping); they
+// have no tables. They report Ssl_cipher with Go's IANA suite names, where
+// MySQL shows OpenSSL's names for TLS 1.2 suites. The password endpoint
+// speaks only mysql_native_password, not caching_sha2_password (MySQL 8.4's
+// default), and keeps one password a user, not MySQL's dual passwords. The
+// Secrets Manager fake serves only GetSecretValue, and only string secrets.
 package rdstest

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -81,15 +82,22 @@ type attempt struct {
 	overTLS bool
 }
 
-// loginCounts are the counters that both endpoints keep.
+// loginCounts are the counters that both endpoints keep. PasswordStats
+// has the same fields, so that one converts to the other.
 type loginCounts struct {
-	accepted int
-	denied   map[Reason]int
-	faults   int
-	aborted  int
+	Accepted int
+	Denied   map[Reason]int
+	Faults   int
+	Aborted  int
 }
 
-func newLoginCounts() loginCounts { return loginCounts{denied: make(map[Reason]int)} }
+func newLoginCounts() loginCounts { return loginCounts{Denied: make(map[Reason]int)} }
+
+// clone returns a copy that shares nothing with c.
+func (c loginCounts) clone() loginCounts {
+	c.Denied = maps.Clone(c.Denied)
+	return c
+}
 
 // endpointConfig is what the options of both endpoints have in common.
 type endpointConfig struct {
@@ -198,7 +206,7 @@ func (e *mysqlEndpoint) serveConn(conn net.Conn) {
 	e.mu.Unlock()
 
 	if s.hasFault && !s.fault.Drop && !s.fault.AfterLogin {
-		e.count(func(n *loginCounts) { n.faults++ })
+		e.count(func(n *loginCounts) { n.Faults++ })
 		_ = writeRawError(conn, s.fault.Number, faultMessage(s.fault))
 		return
 	}
@@ -210,7 +218,7 @@ func (e *mysqlEndpoint) serveConn(conn net.Conn) {
 	c, err := srv.NewCustomizedConn(conn, s, s)
 	if err != nil {
 		if !s.verdict {
-			e.count(func(n *loginCounts) { n.aborted++ })
+			e.count(func(n *loginCounts) { n.Aborted++ })
 		}
 		return
 	}
@@ -258,7 +266,7 @@ func (s *session) Authenticate(c *server.Conn, plugin string, data []byte) error
 	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
 
 	if s.hasFault && s.fault.Drop {
-		s.e.count(func(n *loginCounts) { n.faults++ })
+		s.e.count(func(n *loginCounts) { n.Faults++ })
 		s.raw.Close()
 		return errDropped
 	}
@@ -273,11 +281,11 @@ func (s *session) Authenticate(c *server.Conn, plugin string, data []byte) error
 	s.e.count(func(n *loginCounts) {
 		switch {
 		case reason != "":
-			n.denied[reason]++
+			n.Denied[reason]++
 		case faulted:
-			n.faults++
+			n.Faults++
 		default:
-			n.accepted++
+			n.Accepted++
 		}
 	})
 	switch {

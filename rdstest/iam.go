@@ -63,13 +63,7 @@ type IAMStats struct {
 }
 
 // DeniedTotal returns the number of refused logins, for every reason.
-func (s IAMStats) DeniedTotal() int {
-	n := 0
-	for _, v := range s.Denied {
-		n += v
-	}
-	return n
-}
+func (s IAMStats) DeniedTotal() int { return sumCounts(s.Denied) }
 
 // IAMEndpoint is a MySQL server on loopback that checks passwords as RDS
 // checks IAM auth tokens. It requires TLS, asks for mysql_clear_password,
@@ -191,14 +185,9 @@ func (e *IAMEndpoint) now() time.Time { return e.clock().Add(e.offset) }
 func (e *IAMEndpoint) Stats() IAMStats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return IAMStats{
-		Accepted:  e.counts.accepted,
-		Denied:    maps.Clone(e.counts.denied),
-		ClearText: e.clearText,
-		Faults:    e.counts.faults,
-		Aborted:   e.counts.aborted,
-		Tokens:    slices.Clone(e.tokens),
-	}
+	c := e.counts.clone()
+	return IAMStats{Accepted: c.Accepted, Denied: c.Denied, ClearText: e.clearText,
+		Faults: c.Faults, Aborted: c.Aborted, Tokens: slices.Clone(e.tokens)}
 }
 
 // ResetStats sets every counter back to zero.

@@ -2,11 +2,14 @@ package rdstest
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/url"
 	"runtime"
 	"strings"
@@ -52,24 +55,39 @@ func newEndpoint(t *testing.T, opts IAMOptions) *IAMEndpoint {
 	return e
 }
 
-// connect logs in to the endpoint through go-sql-driver, with or without TLS.
-func connect(t *testing.T, e *IAMEndpoint, user, password string, useTLS bool) (*sql.DB, error) {
-	t.Helper()
+// testEndpoint is what connect needs of an IAMEndpoint or a PasswordEndpoint.
+type testEndpoint interface {
+	Endpoint() string
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	ClientTLSConfig() *tls.Config
+}
+
+// clientConfig is go-sql-driver's configuration for logging in to e, with
+// or without TLS, and with mysql_clear_password allowed.
+func clientConfig(e testEndpoint, user, password string, useTLS bool) *mysql.Config {
 	cfg := mysql.NewConfig()
-	cfg.User = user
-	cfg.Passwd = password
-	cfg.Net = "tcp"
-	cfg.Addr = e.Endpoint()
-	cfg.DialFunc = e.DialContext
+	cfg.User, cfg.Passwd = user, password
+	cfg.Net, cfg.Addr, cfg.DialFunc = "tcp", e.Endpoint(), e.DialContext
 	cfg.AllowCleartextPasswords = true
 	if useTLS {
 		cfg.TLS = e.ClientTLSConfig()
 	}
+	return cfg
+}
+
+func newConnector(t *testing.T, cfg *mysql.Config) driver.Connector {
+	t.Helper()
 	connector, err := mysql.NewConnector(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := sql.OpenDB(connector)
+	return connector
+}
+
+// connect logs in to the endpoint through go-sql-driver, with or without TLS.
+func connect(t *testing.T, e testEndpoint, user, password string, useTLS bool) (*sql.DB, error) {
+	t.Helper()
+	db := sql.OpenDB(newConnector(t, clientConfig(e, user, password, useTLS)))
 	t.Cleanup(func() { db.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -269,15 +287,10 @@ func TestIAMEndpointOffersClearPasswordDirectly(t *testing.T) {
 
 func TestIAMEndpointRefusesClientWithoutClearText(t *testing.T) {
 	e := newEndpoint(t, IAMOptions{})
-	cfg := mysql.NewConfig()
-	cfg.User, cfg.Passwd = "app", mustToken(t, e.Endpoint(), e.Region(), "app", testCreds,
-		time.Now())
-	cfg.Addr, cfg.DialFunc, cfg.TLS = e.Endpoint(), e.DialContext, e.ClientTLSConfig()
-	connector, err := mysql.NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = connector.Connect(context.Background())
+	cfg := clientConfig(e, "app", mustToken(t, e.Endpoint(), e.Region(), "app", testCreds,
+		time.Now()), true)
+	cfg.AllowCleartextPasswords = false
+	_, err := newConnector(t, cfg).Connect(context.Background())
 	if !errors.Is(err, mysql.ErrCleartextPassword) {
 		t.Fatalf("err = %v, want ErrCleartextPassword", err)
 	}
@@ -422,13 +435,7 @@ func TestIAMEndpointFaults(t *testing.T) {
 			e.FailLogins(2, tt.fault)
 			tok := mustToken(t, e.Endpoint(), e.Region(), "app", testCreds, time.Now())
 			for i := range 2 {
-				cfg := mysql.NewConfig()
-				cfg.User, cfg.Passwd, cfg.AllowCleartextPasswords = "app", tok, true
-				cfg.Addr, cfg.DialFunc, cfg.TLS = e.Endpoint(), e.DialContext, e.ClientTLSConfig()
-				connector, err := mysql.NewConnector(cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
+				connector := newConnector(t, clientConfig(e, "app", tok, true))
 				conn, err := connector.Connect(context.Background())
 				if err == nil {
 					conn.Close()
@@ -456,39 +463,55 @@ func TestIAMEndpointFaults(t *testing.T) {
 	}
 }
 
-func TestIAMEndpointCloseLeavesNoGoroutines(t *testing.T) {
-	before := runtime.NumGoroutine()
-	e, err := NewIAMEndpoint(IAMOptions{Users: []string{"app"},
-		Credentials: []aws.Credentials{testCreds}})
-	if err != nil {
-		t.Fatal(err)
+func TestEndpointCloseLeavesNoGoroutines(t *testing.T) {
+	// start returns an endpoint, not yet closed, and app's password there.
+	tests := []struct {
+		name  string
+		start func(t *testing.T) (testEndpoint, func() error, string)
+	}{
+		{"IAM", func(t *testing.T) (testEndpoint, func() error, string) {
+			e, err := NewIAMEndpoint(IAMOptions{Users: []string{"app"},
+				Credentials: []aws.Credentials{testCreds}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return e, e.Close, mustToken(t, e.Endpoint(), e.Region(), "app", testCreds, time.Now())
+		}},
+		{"password", func(t *testing.T) (testEndpoint, func() error, string) {
+			e, err := NewPasswordEndpoint(PasswordOptions{Users: map[string]string{"app": "pw"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return e, e.Close, "pw"
+		}},
 	}
-	tok := mustToken(t, e.Endpoint(), e.Region(), "app", testCreds, time.Now())
-	cfg := mysql.NewConfig()
-	cfg.User, cfg.Passwd, cfg.AllowCleartextPasswords = "app", tok, true
-	cfg.Addr, cfg.DialFunc, cfg.TLS = e.Endpoint(), e.DialContext, e.ClientTLSConfig()
-	connector, err := mysql.NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := runtime.NumGoroutine()
+			e, closeEndpoint, password := tt.start(t)
+			db := sql.OpenDB(newConnector(t, clientConfig(e, "app", password, true)))
+			db.SetMaxIdleConns(5)
+			for range 3 {
+				if err := db.Ping(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// An idle client connection and a half-open one stay while Close runs.
+			raw, err := e.DialContext(context.Background(), "tcp", e.Endpoint())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := closeEndpoint(); err != nil {
+				t.Fatal(err)
+			}
+			if err := closeEndpoint(); err != nil {
+				t.Errorf("a second Close: %v", err)
+			}
+			raw.Close()
+			db.Close()
+			waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
+		})
 	}
-	db := sql.OpenDB(connector)
-	db.SetMaxIdleConns(5)
-	for range 3 {
-		if err := db.Ping(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// An idle client connection and a half-open one stay while Close runs.
-	raw, err := e.DialContext(context.Background(), "tcp", e.Endpoint())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	raw.Close()
-	db.Close()
-	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
 }
 
 func TestIAMEndpointDialsOnlyItsEndpoint(t *testing.T) {

@@ -109,16 +109,23 @@ func statusVariable(q string) (string, bool) {
 	return rest[1 : len(rest)-1], true
 }
 
-// status answers the TLS status variables with the negotiated values. Go
-// names cipher suites as IANA does, where MySQL shows OpenSSL's names for
-// TLS 1.2 suites.
+// status answers the TLS status variables with the negotiated values, or
+// with empty values on a connection without TLS. Go names cipher suites as
+// IANA does, where MySQL shows OpenSSL's names for TLS 1.2 suites.
 func (s *session) status(name string, binary bool) (*mysql.Result, error) {
 	names := []string{"Variable_name", "Value"}
+	var version, cipher string
+	if s.tlsState.HandshakeComplete {
+		version = tlsVersionName(s.tlsState.Version)
+		cipher = tls.CipherSuiteName(s.tlsState.CipherSuite)
+	}
+	// go-mysql sends an empty string as NULL, and a non-nil empty []byte as
+	// the empty string MySQL shows.
 	switch name {
 	case "ssl_version":
-		return rowsOf(binary, names, []any{"Ssl_version", tlsVersionName(s.tlsState.Version)})
+		return rowsOf(binary, names, []any{"Ssl_version", []byte(version)})
 	case "ssl_cipher":
-		return rowsOf(binary, names, []any{"Ssl_cipher", tls.CipherSuiteName(s.tlsState.CipherSuite)})
+		return rowsOf(binary, names, []any{"Ssl_cipher", []byte(cipher)})
 	}
 	return rowsOf(binary, names)
 }

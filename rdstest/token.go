@@ -28,19 +28,23 @@ const (
 	amzDateLayout    = "20060102T150405Z"
 )
 
-// Reason says why the IAM endpoint refused a login. The endpoint counts
-// refusals by reason, so a test can assert why a token was not accepted.
+// Reason says why an endpoint refused a login. Endpoints count refusals by
+// reason, so a test can assert why a token or a password was not accepted.
 type Reason string
 
 const (
 	// ReasonNoTLS means the client sent its password, or tried to log in,
-	// without first switching the connection to TLS.
+	// without first switching the connection to TLS: always refused by an
+	// IAMEndpoint, and by a PasswordEndpoint with RequireTLS.
 	ReasonNoTLS Reason = "no-tls"
 	// ReasonNoPassword means the client sent an empty password.
 	ReasonNoPassword Reason = "no-password"
 	// ReasonUnknownUser means the MySQL user is not one the endpoint lets
-	// log in with IAM (see AddUser).
+	// log in (see AddUser).
 	ReasonUnknownUser Reason = "unknown-user"
+	// ReasonWrongPassword means the password is not the user's current
+	// one on a PasswordEndpoint, as after SetPassword.
+	ReasonWrongPassword Reason = "wrong-password"
 	// ReasonMalformed means the password does not parse as an RDS IAM token:
 	// a missing or repeated query parameter, a bad date, a wrong path.
 	ReasonMalformed Reason = "malformed"
