@@ -28,8 +28,8 @@ const (
 	demoWorkers = 8
 	// demoSecretID names the demo's secret.
 	demoSecretID = "demo/shop/app"
-	// demoSecretEndpoint is the RDS name the password-checking server
-	// poses as.
+	// demoSecretEndpoint is the RDS name rdstest's password endpoint poses
+	// as.
 	demoSecretEndpoint = "db2.abc123.us-east-1.rds.amazonaws.com:3306"
 )
 
@@ -343,12 +343,15 @@ func waitUntil(ctx context.Context, least, most time.Duration, cond func() bool)
 func (d *demo) rotation(ctx context.Context, ca *rdstest.CA) error {
 	sm := rdstest.NewSecretsManager("us-east-1")
 	defer sm.Close()
-	srv, err := newPasswordServer(ca, demoSecretEndpoint)
+	srv, err := rdstest.NewPasswordEndpoint(rdstest.PasswordOptions{
+		Endpoint: demoSecretEndpoint,
+		CA:       ca,
+	})
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	d.say("setup", "MySQL stand-in %s checks passwords", demoSecretEndpoint)
+	d.say("setup", "MySQL stand-in %s checks passwords (rdstest)", demoSecretEndpoint)
 	d.say("setup", "Secrets Manager stand-in on %s (rdstest)", sm.URL())
 
 	oldPassword := d.env.newSecret()
@@ -415,7 +418,7 @@ func (d *demo) rotation(ctx context.Context, ca *rdstest.CA) error {
 		return err
 	}
 
-	_, denied := srv.Stats()
+	denied := srv.Stats().DeniedTotal()
 	sms := sm.Stats()
 	before, after := load.succeeded(phaseBefore), load.succeeded(phaseAfter)
 	during := load.succeeded(phasePending) + load.succeeded(phaseSwitched)

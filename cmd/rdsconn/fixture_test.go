@@ -99,12 +99,12 @@ func (f *stsFake) serve(w http.ResponseWriter, r *http.Request) {
 </GetCallerIdentityResponse>`, testAccount)
 }
 
-// fixture is everything check talks to, on loopback: the IAM endpoint, a
-// password-checking server, STS and Secrets Manager, with the AWS
-// environment pointing at them.
+// fixture is everything check talks to, on loopback: the IAM endpoint, the
+// password endpoint, STS and Secrets Manager, with the AWS environment
+// pointing at them.
 type fixture struct {
 	ep     *rdstest.IAMEndpoint
-	pw     *passwordServer
+	pw     *rdstest.PasswordEndpoint
 	sts    *stsFake
 	sm     *rdstest.SecretsManager
 	caFile string
@@ -133,7 +133,10 @@ func newFixture(t *testing.T, opts rdstest.IAMOptions) *fixture {
 	t.Cleanup(func() { ep.Close() })
 	f.ep = ep
 
-	f.pw, err = newPasswordServer(ep.CA(), demoSecretEndpoint)
+	f.pw, err = rdstest.NewPasswordEndpoint(rdstest.PasswordOptions{
+		Endpoint: demoSecretEndpoint,
+		CA:       ep.CA(),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
