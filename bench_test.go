@@ -203,20 +203,20 @@ type makeFunc func(tb testing.TB, t *target, w *tlsWatch, n *calls) driver.Conne
 
 // contender is one way to connect.
 type contender struct {
-	name  string
-	iam   bool // needs a server that checks IAM tokens
-	make_ makeFunc
+	name      string
+	iam       bool // needs a server that checks IAM tokens
+	connector makeFunc
 }
 
 var contenders = []contender{
-	{name: "plain", make_: makePlain(false)},
-	{name: "plain-sessioncache", make_: makePlain(true)},
-	{name: "rdsconn-iam", iam: true, make_: makeRdsconnIAM(true)},
-	{name: "rdsconn-iam-nosessioncache", iam: true, make_: makeRdsconnIAM(false)},
-	{name: "recipe-iam", iam: true, make_: makeRecipeIAM},
-	{name: "rdsconn-secret", make_: makeRdsconnSecret(true)},
-	{name: "rdsconn-secret-nosessioncache", make_: makeRdsconnSecret(false)},
-	{name: "recipe-secret", make_: makeRecipeSecret},
+	{name: "plain", connector: makePlain(false)},
+	{name: "plain-sessioncache", connector: makePlain(true)},
+	{name: "rdsconn-iam", iam: true, connector: makeRdsconnIAM(true)},
+	{name: "rdsconn-iam-nosessioncache", iam: true, connector: makeRdsconnIAM(false)},
+	{name: "recipe-iam", iam: true, connector: makeRecipeIAM},
+	{name: "rdsconn-secret", connector: makeRdsconnSecret(true)},
+	{name: "rdsconn-secret-nosessioncache", connector: makeRdsconnSecret(false)},
+	{name: "recipe-secret", connector: makeRecipeSecret},
 }
 
 func contenderNamed(name string) contender {
@@ -389,7 +389,7 @@ func benchConnect(b *testing.B, t *target, c contender) {
 	ctx := context.Background()
 	var w tlsWatch
 	var n calls
-	conn := c.make_(b, t, &w, &n)
+	conn := c.connector(b, t, &w, &n)
 	for range 3 { // fill the password and session caches
 		connectClose(b, ctx, conn)
 	}
@@ -546,7 +546,7 @@ func runBurst(tb testing.TB, t *target, c contender, n int, hold bool) burst {
 	if hold {
 		cl.holdFor = int64(n)
 	}
-	conn := c.make_(tb, t, &w, &cl)
+	conn := c.connector(tb, t, &w, &cl)
 	before := t.sm.Stats().GetSecretValue
 
 	ctx := context.Background()
