@@ -106,6 +106,9 @@ func (e *AccessDeniedError) Unwrap() error { return e.Err }
 // the user name and password: MySQL error 1045 (access denied) or 1698
 // (access denied for a user that must use another plugin).
 func isAccessDenied(err error) bool {
+	if err == nil {
+		return false // the common case, without errors.As's allocation
+	}
 	var me *mysql.MySQLError
 	return errors.As(err, &me) && (me.Number == 1045 || me.Number == 1698)
 }
