@@ -48,7 +48,7 @@ func TestBurstCallCounts(t *testing.T) {
 func TestLateArrivalStartsNoSecondFetch(t *testing.T) {
 	target := newEndpointTarget(t, rdstest.ECDSAP256)
 	n := &calls{holdFor: 1} // the build waits until entered reaches 1
-	c := contenderNamed("rdsconn-iam").make_(t, target, &tlsWatch{}, n).(*Connector)
+	c := contenderNamed("rdsconn-iam").connector(t, target, &tlsWatch{}, n).(*Connector)
 	ctx := context.Background()
 	connect := func() <-chan error {
 		done := make(chan error, 1)
