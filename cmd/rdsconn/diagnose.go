@@ -158,7 +158,8 @@ func (ck *checker) diagnoseTLSRefusal() diagnosis {
 				"embedded roots", ck.in.tlsParam)}}
 	case ck.in.noAutoTLS:
 		return diagnosis{cause: causeTLSOff, why: why, advice: []string{"drop -no-auto-tls " +
-			"(rds-auto-tls=false), or add tls=true or a registered tls= config to the DSN"}}
+			"(rds-auto-tls=false) so that auto TLS verifies RDS names against the embedded " +
+			"roots, or name a registered tls= config that trusts the RDS CAs"}}
 	}
 	return diagnosis{
 		cause: causeCNAME,
