@@ -176,7 +176,8 @@ func TestAutoTLSDecision(t *testing.T) {
 func TestIAMTurnsOnClearText(t *testing.T) {
 	c := New(mustParseDSN(t, "app@tcp("+rdsHost+")/shop"), WithIAM())
 	if c.err != nil || !c.base.AllowCleartextPasswords {
-		t.Fatalf("err %v, AllowCleartextPasswords %v", c.err, c.base != nil && c.base.AllowCleartextPasswords)
+		t.Fatalf("err %v, AllowCleartextPasswords %v", c.err,
+			c.base != nil && c.base.AllowCleartextPasswords)
 	}
 	plain := New(mustParseDSN(t, "app:pw@tcp("+rdsHost+")/shop"))
 	if plain.base.AllowCleartextPasswords {

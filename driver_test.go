@@ -32,7 +32,8 @@ func TestDriverDSNEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ep.Close()
-	mysql.RegisterDialContext("rdstest-driver", func(ctx context.Context, addr string) (net.Conn, error) {
+	mysql.RegisterDialContext("rdstest-driver", func(ctx context.Context,
+		addr string) (net.Conn, error) {
 		return ep.DialContext(ctx, "tcp", addr)
 	})
 	if err := mysql.RegisterTLSConfig("rdstest-driver", ep.ClientTLSConfig()); err != nil {

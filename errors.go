@@ -22,7 +22,8 @@ var ErrSecretFormat = errors.New("rdsconn: unusable secret value")
 // ErrUnknownCA is matched by the error for a server certificate that does not
 // verify against the embedded Amazon RDS roots. The error also unwraps to
 // the x509 error that Go's TLS stack reported.
-var ErrUnknownCA = errors.New("rdsconn: server certificate not signed by an embedded Amazon RDS root")
+var ErrUnknownCA = errors.New(
+	"rdsconn: server certificate not signed by an embedded Amazon RDS root")
 
 // ErrClosed is returned by Connect after Close.
 var ErrClosed = errors.New("rdsconn: connector closed")

@@ -3,9 +3,11 @@ package rdsconn_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -85,7 +87,12 @@ func ExampleNew_configError() {
 	db := sql.OpenDB(rdsconn.New(cfg, rdsconn.WithIAM()))
 	defer db.Close()
 	err := db.Ping()
-	fmt.Println(err)
+	fmt.Println(errors.Is(err, rdsconn.ErrConfig))
+	what, advice, _ := strings.Cut(err.Error(), "; ")
+	fmt.Println(what)
+	fmt.Println(advice)
 	// Output:
-	// rdsconn: invalid configuration: IAM authentication needs verified TLS, but the DSN has tls=skip-verify; remove the tls parameter: auto TLS verifies RDS endpoints against the embedded Amazon RDS roots
+	// true
+	// rdsconn: invalid configuration: IAM authentication needs verified TLS, but the DSN has tls=skip-verify
+	// remove the tls parameter: auto TLS verifies RDS endpoints against the embedded Amazon RDS roots
 }

@@ -316,7 +316,8 @@ func TestIsAccessDenied(t *testing.T) {
 	}{
 		{"1045", &mysql.MySQLError{Number: 1045}, true},
 		{"1698", &mysql.MySQLError{Number: 1698}, true},
-		{"K17 1045 wrapped twice", fmt.Errorf("b: %w", fmt.Errorf("a: %w", &mysql.MySQLError{Number: 1045})), true},
+		{"K17 1045 wrapped twice",
+			fmt.Errorf("b: %w", fmt.Errorf("a: %w", &mysql.MySQLError{Number: 1045})), true},
 		{"K17 1040", &mysql.MySQLError{Number: 1040}, false},
 		{"K17 1129", &mysql.MySQLError{Number: 1129}, false},
 		{"K17 2003", &mysql.MySQLError{Number: 2003}, false},

@@ -74,7 +74,8 @@ func (s *countingSource) fetch(ctx context.Context, now time.Time) (credential, 
 	if errp := s.fail.Load(); errp != nil {
 		return credential{}, *errp
 	}
-	return credential{password: fmt.Sprintf("pw-%d", n), expires: now.Add(s.ttl), dies: !s.lasting}, nil
+	return credential{password: fmt.Sprintf("pw-%d", n), expires: now.Add(s.ttl),
+		dies: !s.lasting}, nil
 }
 
 func (s *countingSource) failWith(err error) {

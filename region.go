@@ -191,7 +191,8 @@ type regionFinder struct {
 
 // find returns the region for the endpoint, or for the Secrets Manager
 // client when arnRegion is not empty.
-func (f *regionFinder) find(ctx context.Context, cfg aws.Config, arnRegion string) (regionSource, error) {
+func (f *regionFinder) find(ctx context.Context, cfg aws.Config,
+	arnRegion string) (regionSource, error) {
 	if f.option != "" {
 		return regionSource{f.option, "WithRegion"}, nil
 	}
@@ -210,7 +211,8 @@ func (f *regionFinder) find(ctx context.Context, cfg aws.Config, arnRegion strin
 // fromInstanceMetadata asks EC2 instance metadata for the region, once per
 // connector, within imdsTimeout and without retries. A probe cut short by
 // the caller's context is not remembered, so a later caller may probe again.
-func (f *regionFinder) fromInstanceMetadata(ctx context.Context, cfg aws.Config) (regionSource, error) {
+func (f *regionFinder) fromInstanceMetadata(ctx context.Context,
+	cfg aws.Config) (regionSource, error) {
 	if err := f.mu.lock(ctx); err != nil {
 		return regionSource{}, err
 	}
@@ -237,7 +239,8 @@ func (f *regionFinder) fromInstanceMetadata(ctx context.Context, cfg aws.Config)
 	})
 	out, err := client.GetRegion(pctx, &imds.GetRegionInput{})
 	if ctx.Err() != nil {
-		return regionSource{}, fmt.Errorf("rdsconn: looking up the region in EC2 instance metadata: %w", ctx.Err())
+		return regionSource{}, fmt.Errorf(
+			"rdsconn: looking up the region in EC2 instance metadata: %w", ctx.Err())
 	}
 	f.probed = true
 	if err != nil || out.Region == "" {

@@ -31,7 +31,8 @@ func TestParseSecret(t *testing.T) {
 		{"escapes decoded", `{"password":"a\"b\\c\u00e9"}`, "a\"b\\c\u00e9", "", ""},
 		{"URL characters", `{"password":"p@ss:w/rd?&#%"}`, "p@ss:w/rd?&#%", "", ""},
 		{"username not a string", `{"password":"x","username":7}`, "", "", `"username" is not a string`},
-		{"other keys ignored", `{"password":"x","dbClusterIdentifier":"c1","extra":{"a":1}}`, "x", "", ""},
+		{"other keys ignored", `{"password":"x","dbClusterIdentifier":"c1","extra":{"a":1}}`,
+			"x", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

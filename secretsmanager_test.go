@@ -148,7 +148,8 @@ func TestSecretLogs(t *testing.T) {
 	if _, err := src.fetch(context.Background(), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(buf.String(), "secret fetched") || !strings.Contains(buf.String(), "version_id") {
+	if !strings.Contains(buf.String(), "secret fetched") ||
+		!strings.Contains(buf.String(), "version_id") {
 		t.Fatalf("log %q lacks the fetch event", buf.String())
 	}
 	if strings.Contains(buf.String(), "MARKER") {

@@ -71,7 +71,8 @@ func TestEmbeddedRootsSubjects(t *testing.T) {
 		"CN=Amazon Root CA 2,O=Amazon,C=US",
 		"CN=Amazon Root CA 3,O=Amazon,C=US",
 		"CN=Amazon Root CA 4,O=Amazon,C=US",
-		"CN=Starfield Services Root Certificate Authority - G2,O=Starfield Technologies\\, Inc.,L=Scottsdale,ST=Arizona,C=US",
+		"CN=Starfield Services Root Certificate Authority - G2," +
+			"O=Starfield Technologies\\, Inc.,L=Scottsdale,ST=Arizona,C=US",
 	}
 	for _, region := range []string{"us-east-1", "eu-west-1", "ap-southeast-2"} {
 		for _, kind := range []string{"RSA2048", "RSA4096", "ECC384"} {
