@@ -25,6 +25,10 @@ const DriverName = "rdsmysql"
 // defaultPort is go-sql-driver's port when an address names none.
 const defaultPort = "3306"
 
+// placeholderHost stands in for the address while a named TLS config is
+// resolved; the .invalid domain never resolves.
+const placeholderHost = "rdsconn-placeholder.invalid"
+
 var (
 	_ driver.Connector = (*Connector)(nil)
 	_ io.Closer        = (*Connector)(nil)
@@ -257,11 +261,18 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 		return nil, err
 	}
 	conn, err := c.dial(ctx, e.conn)
+	first := e
 	for tries := 1; isAccessDenied(err) && c.mayRetry(tries, e); tries++ {
 		c.log.Warn("rdsconn: access denied; fetching a new password and retrying",
 			"source", c.source.describe(), "error", err)
-		if e, err = c.cache.renew(ctx, e); err != nil {
-			return nil, err
+		refused := e
+		next, ferr := c.cache.renew(ctx, e)
+		if ferr != nil {
+			return nil, ferr
+		}
+		e = next
+		if tries > 1 && (sameCredential(e, refused) || sameCredential(e, first)) {
+			break // nothing new to try: sending it again would only count against the user
 		}
 		conn, err = c.dial(ctx, e.conn)
 	}
@@ -273,15 +284,21 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 }
 
 // mayRetry says whether a refusal of e, after tries attempts, gets another
-// attempt: always after the first; after the second only for a secret
-// whose retry used a newer AWSCURRENT, which a rotation may not yet have
-// put on the database, so that its AWSPENDING version gets one try.
+// renewal: always after the first; after the second only for a secret
+// whose retry used AWSCURRENT, so that AWSPENDING, or an AWSCURRENT that a
+// rotation moved meanwhile, gets one try. Connect dials that third value
+// only if it differs from those refused.
 func (c *Connector) mayRetry(tries int, e *entry) bool {
 	if tries == 1 {
 		return true
 	}
 	_, secret := c.source.(*secretSource)
 	return tries == 2 && secret && !e.cred.pending && e.cred.version != ""
+}
+
+// sameCredential reports whether a and b hold the same user and password.
+func sameCredential(a, b *entry) bool {
+	return a.cred.password == b.cred.password && a.cred.user == b.cred.user
 }
 
 // dial opens one go-sql-driver connection, explaining an unknown-CA failure.
@@ -367,14 +384,16 @@ func resolveNamedTLS(cfg *mysql.Config) error {
 	if cfg.TLS != nil {
 		return nil
 	}
-	addr := cfg.Addr
-	if addr == "" || cfg.Net == "unix" {
-		addr = "127.0.0.1:" + defaultPort
-	}
-	named, err := mysql.ParseDSN("tcp(" + addr + ")/?tls=" + url.QueryEscape(cfg.TLSConfig))
+	// Resolve against a placeholder host, so that a server name go-sql-driver
+	// fills in can be told from one the registered config carries.
+	named, err := mysql.ParseDSN("tcp(" + placeholderHost + ":3306)/?tls=" +
+		url.QueryEscape(cfg.TLSConfig))
 	if err != nil || named.TLS == nil {
 		return configError("the TLS config %q is not registered; register it with "+
 			"mysql.RegisterTLSConfig before opening the database", cfg.TLSConfig)
+	}
+	if named.TLS.ServerName == placeholderHost {
+		named.TLS.ServerName = ""
 	}
 	cfg.TLS = named.TLS
 	return nil

@@ -91,6 +91,10 @@ func takeDSNParams(cfg *mysql.Config) ([]Option, error) {
 	for _, k := range keys {
 		v := cfg.Params[k]
 		delete(cfg.Params, k)
+		if strings.Contains(v, " ") && k != "rds-password-file" {
+			return nil, configError("the DSN parameter %s has a space: go-sql-driver reads "+
+				"a + as a space, so write + as %%2B (and / as %%2F)", k)
+		}
 		switch k {
 		case "rds-iam", "rds-auto-tls":
 			on, err := strconv.ParseBool(v)

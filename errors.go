@@ -67,7 +67,10 @@ func (e *FetchError) Temporary() bool {
 		switch api.ErrorCode() {
 		case "ResourceNotFoundException", "DecryptionFailure", "AccessDeniedException",
 			"InvalidParameterException", "InvalidRequestException", "UnrecognizedClientException",
-			"InvalidSignatureException", "ExpiredTokenException":
+			"InvalidSignatureException", "ExpiredTokenException",
+			// The same refusals as STS spells them.
+			"AccessDenied", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
+			"RegionDisabledException":
 			return false
 		}
 	}
