@@ -3,6 +3,7 @@ package rdsconn
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -39,4 +40,29 @@ func (c *cache) forget() {
 	c.cur.Store(nil)
 	c.stale = false
 	c.call = nil
+}
+
+// connectBurst calls c.Connect from n goroutines released at once, closes
+// the connections that open, and returns the errors of those that failed.
+func connectBurst(c *Connector, n int) []error {
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for range n {
+		wg.Go(func() {
+			<-start
+			conn, err := c.Connect(context.Background())
+			if err == nil {
+				conn.Close()
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			errs = append(errs, err)
+		})
+	}
+	close(start)
+	wg.Wait()
+	return errs
 }

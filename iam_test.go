@@ -338,20 +338,10 @@ func TestIsAccessDenied(t *testing.T) {
 // build one token and all get in.
 func TestIAMColdBurst(t *testing.T) {
 	f := newIAMFixture(t)
-	var wg sync.WaitGroup
-	var failed atomic.Int32
-	for range 50 {
-		wg.Go(func() {
-			if err := f.connectNew(t); err != nil {
-				failed.Add(1)
-				t.Log(err)
-			}
-		})
-	}
-	wg.Wait()
-	if failed.Load() != 0 || f.builds.Load() != 1 || f.ep.Stats().Accepted != 50 {
-		t.Fatalf("%d failed, %d tokens built, %d accepted; want 0, 1, 50",
-			failed.Load(), f.builds.Load(), f.ep.Stats().Accepted)
+	errs := connectBurst(f.conn, 50)
+	if len(errs) != 0 || f.builds.Load() != 1 || f.ep.Stats().Accepted != 50 {
+		t.Fatalf("%d failed (%v), %d tokens built, %d accepted; want 0, 1, 50",
+			len(errs), errs, f.builds.Load(), f.ep.Stats().Accepted)
 	}
 }
 

@@ -516,27 +516,15 @@ func TestScenarioIAMColdBurstFailure(t *testing.T) {
 	t.Cleanup(func() { c.Close() })
 
 	const n = 50
-	start := make(chan struct{})
-	var wg sync.WaitGroup
 	var failed atomic.Int32
-	for range n {
-		wg.Go(func() {
-			<-start
-			conn, err := c.Connect(context.Background())
-			if err == nil {
-				conn.Close()
-				return
-			}
-			var fe *FetchError
-			if errors.As(err, &fe) && errors.Is(err, errNoCredentials) {
-				failed.Add(1)
-			} else {
-				t.Errorf("err = %v; want a FetchError wrapping the provider's", err)
-			}
-		})
+	for _, err := range connectBurst(c, n) {
+		var fe *FetchError
+		if errors.As(err, &fe) && errors.Is(err, errNoCredentials) {
+			failed.Add(1)
+		} else {
+			t.Errorf("err = %v; want a FetchError wrapping the provider's", err)
+		}
 	}
-	close(start)
-	wg.Wait()
 	st := f.ep.Stats()
 	if failed.Load() != n || creds.calls.Load() != 1 || c.cache.cur.Load() != nil ||
 		len(st.Tokens) != 0 || st.Aborted != 0 {
